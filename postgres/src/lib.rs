@@ -1,0 +1,18 @@
+//! The database side of an sfp-server instance.
+//!
+//! * [`Cluster`]: a private PostgreSQL cluster in the instance's data folder, created with the
+//!   system's `initdb` and run with `pg_ctl` on a private loopback port. When the product runs
+//!   as root (as it does on CI machines), the cluster's processes run as an unprivileged
+//!   operating-system account, because PostgreSQL refuses to run as root.
+//! * [`MIGRATOR`] / [`migrate`]: the one ordered set of schema migrations (auth, app, engine,
+//!   vault) shared by the server, the engine and the tests.
+
+mod binaries;
+mod cluster;
+mod error;
+mod migrate;
+mod os_user;
+
+pub use cluster::{Cluster, ClusterOptions, StartOutcome, pid_running, wait_for_exit, write_private};
+pub use error::Error;
+pub use migrate::{MIGRATOR, MigrationReport, applied_migrations, migrate};

@@ -1,0 +1,282 @@
+//! Layered configuration: built-in defaults, then a TOML file, then `SFP_*` environment
+//! variables (`__` separates nesting: `SFP_API__PORT=8080`), then command-line flags.
+//! The result is passed down explicitly; nothing reads the environment later.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The name of the optional configuration file inside the data folder.
+pub const CONFIG_FILE_NAME: &str = "sfp.toml";
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// The instance's data folder: the managed PostgreSQL cluster, generated secrets, logs.
+    pub data_dir: PathBuf,
+    /// An external PostgreSQL (production, Supabase). When set, no local cluster is managed.
+    pub database_url: Option<String>,
+    pub api: ApiConfig,
+    pub postgres: PostgresConfig,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &self.database_url.as_ref().map(|_| "[redacted]"))
+            .field("api", &self.api)
+            .field("postgres", &self.postgres)
+            .field("log", &self.log)
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// Address the API binds to.
+    pub host: IpAddr,
+    /// Port the API binds to; 0 picks a free one.
+    pub port: u16,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// Requests taking longer are answered with 408.
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PostgresConfig {
+    /// Folder of `initdb` and `pg_ctl`; found automatically when unset.
+    pub bin_dir: Option<PathBuf>,
+    /// Fixed port for the managed cluster; unset keeps the one chosen at first start.
+    pub port: Option<u16>,
+    /// Name of the application database.
+    pub database: String,
+    /// The unprivileged account that runs the cluster when sfp-server runs as root.
+    pub os_user: String,
+    /// Connections in the server's pool.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `sfp_server=debug,info`.
+    pub level: String,
+    /// Also write the JSON log lines to standard error (containers); otherwise they go to
+    /// `<data dir>/logs/sfp-server.log` only.
+    pub stderr: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// The e-mail address of the administrator created at first start.
+    pub email: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(".sfp"),
+            database_url: None,
+            api: ApiConfig::default(),
+            postgres: PostgresConfig::default(),
+            log: LogConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 3478,
+            body_limit_bytes: 2 * 1024 * 1024,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            bin_dir: None,
+            port: None,
+            database: "sfp".into(),
+            os_user: "postgres".into(),
+            max_connections: 20,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), stderr: false }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { email: "admin@sfp.local".into() }
+    }
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the layers from the process environment.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_from(overrides, Env::prefixed("SFP_").split("__"))
+    }
+
+    /// Loads the layers with a given environment provider (tests pass their own).
+    pub fn load_from(overrides: &Overrides, env: Env) -> Result<Config, ConfigError> {
+        // The data folder decides where the default file is, so resolve it first.
+        let early: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(env.clone())
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let data_dir = overrides.data_dir.clone().unwrap_or(early.data_dir);
+        let file = match &overrides.config_file {
+            Some(path) if !path.is_file() => return Err(ConfigError::MissingFile(path.clone())),
+            Some(path) => Some(path.clone()),
+            None => Some(data_dir.join(CONFIG_FILE_NAME)).filter(|p| p.is_file()),
+        };
+
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &file {
+            figment = figment.merge(Toml::file(file));
+        }
+        let mut config: Config = figment.merge(env).extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.data_dir = data_dir;
+        if let Some(port) = overrides.port {
+            config.api.port = port;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("data_dir must not be empty".into()));
+        }
+        if self.postgres.max_connections == 0 {
+            return Err(ConfigError::Invalid("postgres.max_connections must be at least 1".into()));
+        }
+        if self.api.body_limit_bytes == 0 {
+            return Err(ConfigError::Invalid("api.body_limit_bytes must be at least 1".into()));
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid("database_url must start with postgres:// or postgresql://".into()));
+        }
+        Ok(())
+    }
+
+    /// The managed cluster's folder.
+    pub fn postgres_dir(&self) -> PathBuf {
+        self.data_dir.join("postgres")
+    }
+
+    /// Where a file of the data folder lives.
+    pub fn data_file(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.data_dir.join(name)
+    }
+}
+
+#[cfg(test)]
+// figment::Jail's closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    /// An environment provider that sees no variables.
+    fn no_env() -> Env {
+        Env::prefixed("SFP_TEST_UNUSED_PREFIX_").split("__")
+    }
+
+    #[test]
+    fn defaults_apply_without_file_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let overrides = Overrides { data_dir: Some(dir.path().into()), ..Default::default() };
+        let config = Config::load_from(&overrides, no_env()).unwrap();
+        assert_eq!(config.api.port, 3478);
+        assert_eq!(config.postgres.database, "sfp");
+        assert!(config.database_url.is_none());
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_dir("data")?;
+            jail.create_file(
+                "data/sfp.toml",
+                "[api]\nport = 4000\nrequest_timeout_secs = 5\n[log]\nlevel = \"debug\"\n",
+            )?;
+            jail.set_env("SFP_API__PORT", "4100");
+            jail.set_env("SFP_DATABASE_URL", "postgres://u:p@db/x");
+            let overrides = Overrides { data_dir: Some("data".into()), ..Default::default() };
+            let config = Config::load(&overrides).map_err(|e| e.to_string())?;
+            assert_eq!(config.api.port, 4100, "env wins over file");
+            assert_eq!(config.api.request_timeout_secs, 5, "file wins over defaults");
+            assert_eq!(config.log.level, "debug");
+            assert_eq!(config.database_url.as_deref(), Some("postgres://u:p@db/x"));
+            let flagged = Overrides { port: Some(0), ..overrides };
+            assert_eq!(Config::load(&flagged).map_err(|e| e.to_string())?.api.port, 0, "flags win");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SFP_API__PORT", "not-a-number");
+            let err = Config::load(&Overrides::default()).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("api.port"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SFP_DATABASE_URL", "mysql://x");
+            let err = Config::load(&Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("database_url"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let overrides = Overrides { config_file: Some("/nonexistent/sfp.toml".into()), ..Default::default() };
+        assert!(matches!(Config::load_from(&overrides, no_env()), Err(ConfigError::MissingFile(_))));
+    }
+
+    #[test]
+    fn debug_output_hides_the_database_url() {
+        let config = Config { database_url: Some("postgres://u:secret@h/d".into()), ..Config::default() };
+        assert!(!format!("{config:?}").contains("secret"));
+    }
+}

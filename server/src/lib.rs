@@ -1,0 +1,15 @@
+//! sfp-server: the control plane for Salesforce DevOps.
+//!
+//! The library holds everything; the `sfp-server` binary only parses its command line.
+//! [`api::run`] serves the HTTP API on a listener the caller bound, so tests start the real
+//! application on port 0.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod stack;
+pub mod state;
+pub mod telemetry;
+
+pub use state::AppState;

@@ -1,0 +1,138 @@
+//! The embedded stack and the commands that manage it: `start`, `stop`, `status`, `db`.
+
+mod data_dir;
+mod database;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+pub use data_dir::{ADMIN_CREDENTIALS_FILE, AdminCredentials, DataDir, RuntimeInfo};
+pub use database::{cluster_options, connect};
+pub use status::{StackStatus, status};
+
+use crate::api;
+use crate::api::metrics::Metrics;
+use crate::config::Config;
+use crate::health::{DatabaseCheck, HealthChecks};
+use crate::state::AppState;
+
+fn say(line: String) {
+    println!("{line}");
+}
+
+/// The base URL clients use for a listener address.
+pub fn base_url(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    format!("http://{host}:{}", addr.port())
+}
+
+/// `sfp-server start`: runs the whole stack in the foreground until SIGINT or SIGTERM.
+pub async fn start(config: Config) -> anyhow::Result<()> {
+    let data = DataDir::create(&config.data_dir)?;
+    let _lock = data.lock()?;
+    say(format!("sfp-server {}: data folder {}", env!("CARGO_PKG_VERSION"), data.root().display()));
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone())?;
+
+    let (admin, admin_created) = data.admin_credentials(&config.admin.email)?;
+    let db = database::bring_up(&config, say).await?;
+
+    let mut health = HealthChecks::default();
+    health.add(Arc::new(DatabaseCheck::new(db.pool.clone(), db.cluster.is_none())));
+    let state = AppState { pool: db.pool.clone(), metrics: Metrics::new(), health };
+
+    let addr = SocketAddr::new(config.api.host, config.api.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the API to {addr}"))?;
+    let url = base_url(listener.local_addr()?);
+    let api_task = tokio::spawn(api::run(config.api.clone(), listener, state, shutdown.clone()));
+    say(format!("api: listening on {url}/sfp/api"));
+
+    data.write_runtime(&RuntimeInfo {
+        pid: std::process::id(),
+        api_url: url.clone(),
+        started_at: chrono::Utc::now(),
+        database: if db.cluster.is_some() { "embedded" } else { "external" }.into(),
+    })?;
+    if admin_created {
+        say(format!("admin login (first start): {} / {}", admin.email, admin.password));
+        say(format!("  kept in {}", data.path(ADMIN_CREDENTIALS_FILE).display()));
+    } else {
+        say(format!("admin login: {} (password in {})", admin.email, data.path(ADMIN_CREDENTIALS_FILE).display()));
+    }
+    say(format!("ready: {url}"));
+    tracing::info!(url = %url, "sfp-server ready");
+
+    let mut api_task = api_task;
+    let api_result = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        result = &mut api_task => Some(result),
+    };
+    say("stopping: draining requests".into());
+    shutdown.cancel();
+    let api_result = match api_result {
+        Some(result) => result,
+        None => match tokio::time::timeout(Duration::from_secs(30), &mut api_task).await {
+            Ok(result) => result,
+            Err(_) => {
+                api_task.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
+    data.remove_runtime();
+    db.pool.close().await;
+    if let Some(cluster) = &db.cluster {
+        match cluster.stop().await {
+            Ok(_) => say("postgres: stopped".into()),
+            Err(e) => eprintln!("postgres: could not stop: {e:#}"),
+        }
+    }
+    say("stopped".into());
+    api_result.context("the API task failed")?.context("the API server failed")?;
+    Ok(())
+}
+
+fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+/// `sfp-server stop`: asks the server running on the data folder to stop, waits until it
+/// is gone, and stops a PostgreSQL cluster left running by a crashed server.
+pub async fn stop(config: Config, wait: Duration) -> anyhow::Result<()> {
+    let data = DataDir::existing(&config.data_dir)?;
+    if let Some(pid) = data.running_pid() {
+        say(format!("stopping sfp-server (pid {pid})"));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+            .with_context(|| format!("signalling pid {pid}"))?;
+        if !sfp_postgres::wait_for_exit(pid, wait).await {
+            anyhow::bail!("sfp-server (pid {pid}) did not stop within {} s", wait.as_secs());
+        }
+    } else {
+        say(format!("no sfp-server is running on {}", data.root().display()));
+    }
+    if config.database_url.is_none()
+        && let Some(cluster) = sfp_postgres::Cluster::find(cluster_options(&config)).await?
+        && cluster.stop().await?
+    {
+        say("postgres: stopped a cluster left running".into());
+    }
+    data.remove_runtime();
+    say("stopped".into());
+    Ok(())
+}

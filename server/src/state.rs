@@ -1,0 +1,19 @@
+//! What every request handler can reach.
+
+use sqlx::PgPool;
+
+use crate::api::metrics::Metrics;
+use crate::health::HealthChecks;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub metrics: Metrics,
+    pub health: HealthChecks,
+}
+
+impl axum::extract::FromRef<AppState> for Metrics {
+    fn from_ref(state: &AppState) -> Metrics {
+        state.metrics.clone()
+    }
+}

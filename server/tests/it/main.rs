@@ -1,0 +1,5 @@
+//! Integration tests of the server: the API against a real PostgreSQL (a fresh database per
+//! test), and the real `sfp-server` binary managing its own PostgreSQL cluster.
+
+mod api;
+mod stack;
