@@ -1,0 +1,333 @@
+//! The assigner: hands queued tasks to workers with free slots, highest priority first and
+//! first-in first-out within a priority, in batches (one transaction per pass).
+//!
+//! Each engine process assigns only to the workers whose streams it holds and claims queue
+//! items with `FOR UPDATE SKIP LOCKED`, so several engine processes can share one database
+//! without handing a task out twice.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sfp_protocol::pb;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::engine::{Engine, EngineError};
+
+pub(crate) async fn run(engine: Engine, shutdown: CancellationToken) {
+    let poll = engine.config().poll_interval;
+    loop {
+        // Register for a wake-up before looking, so none is lost while we work.
+        let woken = engine.inner.assign_wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        match engine.assign_pass().await {
+            Ok(n) if n > 0 => continue, // there may be more
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "assignment pass failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = &mut woken => {},
+            _ = tokio::time::sleep(poll) => {},
+        }
+    }
+}
+
+/// Workers with the same actions share one claim.
+struct Group {
+    actions: Vec<String>,
+    workers: Vec<(Uuid, i32)>,
+}
+
+struct Claimed {
+    queue_id: i64,
+    task_id: Uuid,
+    retry_count: i32,
+    priority: i32,
+    slot_units: i32,
+    timeout_ms: i64,
+    payload: ActionData,
+}
+
+struct ActionData {
+    run_id: Uuid,
+    workflow_id: Uuid,
+    version_id: Uuid,
+    step_id: Uuid,
+    readable_id: String,
+    action: String,
+    additional_metadata: Value,
+    input: Value,
+    parents: Value,
+    parent_run_id: Option<Uuid>,
+    child_index: Option<i32>,
+    child_key: Option<String>,
+    inserted_at: DateTime<Utc>,
+}
+
+impl Engine {
+    /// One pass: claims what the connected workers can take and sends it to them. Returns
+    /// how many tasks it assigned.
+    pub(crate) async fn assign_pass(&self) -> Result<usize, EngineError> {
+        let groups = self.groups();
+        if groups.is_empty() {
+            return Ok(0);
+        }
+        let mut assigned = 0;
+        for group in groups {
+            let capacity: i32 = group.workers.iter().map(|(_, free)| *free).sum();
+            let limit = i64::from(capacity).min(self.config().assign_batch);
+            assigned += self.assign_group(group, limit).await?;
+        }
+        Ok(assigned)
+    }
+
+    fn groups(&self) -> Vec<Group> {
+        let workers = self.connected();
+        let mut by_actions: BTreeMap<Vec<String>, Vec<(Uuid, i32)>> = BTreeMap::new();
+        for (id, w) in workers.iter() {
+            if w.paused || w.free_slots <= 0 || w.actions.is_empty() {
+                continue;
+            }
+            let mut actions = w.actions.clone();
+            actions.sort();
+            by_actions.entry(actions).or_default().push((*id, w.free_slots));
+        }
+        by_actions.into_iter().map(|(actions, workers)| Group { actions, workers }).collect()
+    }
+
+    async fn assign_group(&self, mut group: Group, limit: i64) -> Result<usize, EngineError> {
+        if limit <= 0 {
+            return Ok(0);
+        }
+        let mut tx = self.pool().begin().await?;
+        let claimed = claim(&mut tx, self.tenant_id(), &group.actions, limit).await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        // Place each claimed item on the worker with the most free slots that fits it.
+        let mut placed: Vec<(Claimed, Uuid)> = Vec::with_capacity(claimed.len());
+        let mut unplaced = Vec::new();
+        for item in claimed {
+            group.workers.sort_by_key(|(_, free)| std::cmp::Reverse(*free));
+            match group.workers.iter_mut().find(|(_, free)| *free >= item.slot_units) {
+                Some((worker, free)) => {
+                    *free -= item.slot_units;
+                    placed.push((item, *worker));
+                }
+                None => unplaced.push(item),
+            }
+        }
+        for item in &unplaced {
+            sqlx::query(
+                "INSERT INTO engine.queue_item (id, tenant_id, task_id, retry_count, action, priority, schedule_timeout_at) \
+                 OVERRIDING SYSTEM VALUE \
+                 SELECT $1, $2, $3, $4, t.action, $5, now() + interval '5 minutes' FROM engine.task t WHERE t.id = $3",
+            )
+            .bind(item.queue_id)
+            .bind(self.tenant_id())
+            .bind(item.task_id)
+            .bind(item.retry_count)
+            .bind(item.priority)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if placed.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let task_ids: Vec<Uuid> = placed.iter().map(|(c, _)| c.task_id).collect();
+        let retries: Vec<i32> = placed.iter().map(|(c, _)| c.retry_count).collect();
+        let workers: Vec<Uuid> = placed.iter().map(|(_, w)| *w).collect();
+        let units: Vec<i32> = placed.iter().map(|(c, _)| c.slot_units).collect();
+        let timeouts: Vec<i64> = placed.iter().map(|(c, _)| c.timeout_ms).collect();
+        sqlx::query(
+            "INSERT INTO engine.task_runtime (task_id, retry_count, worker_id, slot_units, timeout_at) \
+             SELECT t, r, w, u, now() + make_interval(secs => ms / 1000.0) \
+             FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::int[], $5::bigint[]) AS x(t, r, w, u, ms)",
+        )
+        .bind(&task_ids)
+        .bind(&retries)
+        .bind(&workers)
+        .bind(&units)
+        .bind(&timeouts)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE engine.task t SET status = 'RUNNING', worker_id = x.w, started_at = coalesce(t.started_at, now()) \
+             FROM unnest($1::uuid[], $2::uuid[]) AS x(id, w) WHERE t.id = x.id",
+        )
+        .bind(&task_ids)
+        .bind(&workers)
+        .execute(&mut *tx)
+        .await?;
+        let run_ids: Vec<Uuid> = placed.iter().map(|(c, _)| c.payload.run_id).collect();
+        sqlx::query(
+            "UPDATE engine.workflow_run SET status = 'RUNNING', started_at = coalesce(started_at, now()) \
+             WHERE id = ANY($1) AND status = 'QUEUED'",
+        )
+        .bind(&run_ids)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO engine.task_event (task_id, retry_count, event_type, worker_id) \
+             SELECT t, r, 'ASSIGNED', w FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS x(t, r, w)",
+        )
+        .bind(&task_ids)
+        .bind(&retries)
+        .bind(&workers)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+
+        // Committed: now tell the workers. A worker whose stream vanished meanwhile keeps the
+        // assignment until the worker-loss sweep re-queues it.
+        let tenant = self.tenant_id().to_string();
+        let count = placed.len();
+        let mut by_worker: HashMap<Uuid, Vec<(pb::AssignedAction, i32)>> = HashMap::new();
+        for (item, worker) in placed {
+            let units = item.slot_units;
+            by_worker.entry(worker).or_default().push((assigned_action(&tenant, item), units));
+        }
+        let mut workers = self.connected();
+        for (worker_id, actions) in by_worker {
+            let Some(w) = workers.get_mut(&worker_id) else { continue };
+            for (action, units) in actions {
+                w.free_slots -= units;
+                if w.sender.try_send(Ok(action)).is_err() {
+                    tracing::warn!(%worker_id, "could not deliver an assignment; the worker-loss sweep will re-queue it");
+                }
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// Removes up to `limit` queue items of `actions` (highest priority, then oldest) and reads
+/// what their assignments need.
+async fn claim(
+    tx: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    actions: &[String],
+    limit: i64,
+) -> Result<Vec<Claimed>, EngineError> {
+    let rows: Vec<ClaimRow> = sqlx::query_as(
+        "WITH claimed AS ( \
+           DELETE FROM engine.queue_item q WHERE q.id IN ( \
+             SELECT id FROM engine.queue_item WHERE tenant_id = $1 AND action = ANY($2) \
+             ORDER BY priority DESC, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+           RETURNING q.id, q.task_id, q.retry_count, q.priority) \
+         SELECT c.id AS queue_id, t.id AS task_id, c.retry_count, c.priority, s.slot_units, s.timeout_ms, \
+                r.id AS run_id, r.workflow_id, r.workflow_version_id AS version_id, s.id AS step_id, \
+                t.readable_id, t.action, r.additional_metadata, r.input, \
+                (SELECT coalesce(jsonb_object_agg(p.readable_id, coalesce(p.output, '{}'::jsonb)), '{}'::jsonb) \
+                   FROM engine.task p WHERE p.run_id = t.run_id AND p.readable_id = ANY(s.parents)) AS parents, \
+                pt.run_id AS parent_run_id, r.child_index, r.child_key, t.created_at AS inserted_at \
+         FROM claimed c \
+         JOIN engine.task t ON t.id = c.task_id \
+         JOIN engine.step s ON s.id = t.step_id \
+         JOIN engine.workflow_run r ON r.id = t.run_id \
+         LEFT JOIN engine.task pt ON pt.id = r.parent_task_id \
+         ORDER BY c.priority DESC, c.id",
+    )
+    .bind(tenant)
+    .bind(actions)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Claimed {
+            queue_id: r.queue_id,
+            task_id: r.task_id,
+            retry_count: r.retry_count,
+            priority: r.priority,
+            slot_units: r.slot_units,
+            timeout_ms: r.timeout_ms,
+            payload: ActionData {
+                run_id: r.run_id,
+                workflow_id: r.workflow_id,
+                version_id: r.version_id,
+                step_id: r.step_id,
+                readable_id: r.readable_id,
+                action: r.action,
+                additional_metadata: r.additional_metadata,
+                input: r.input,
+                parents: r.parents,
+                parent_run_id: r.parent_run_id,
+                child_index: r.child_index,
+                child_key: r.child_key,
+                inserted_at: r.inserted_at,
+            },
+        })
+        .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    queue_id: i64,
+    task_id: Uuid,
+    retry_count: i32,
+    priority: i32,
+    slot_units: i32,
+    timeout_ms: i64,
+    run_id: Uuid,
+    workflow_id: Uuid,
+    version_id: Uuid,
+    step_id: Uuid,
+    readable_id: String,
+    action: String,
+    additional_metadata: Value,
+    input: Value,
+    parents: Value,
+    parent_run_id: Option<Uuid>,
+    child_index: Option<i32>,
+    child_key: Option<String>,
+    inserted_at: DateTime<Utc>,
+}
+
+fn assigned_action(tenant: &str, item: Claimed) -> pb::AssignedAction {
+    let d = item.payload;
+    // The payload every SDK parses: `input` must always be there (the Rust crate panics
+    // otherwise), `parents` holds the outputs of completed parents by readable id.
+    let payload = json!({
+        "input": d.input,
+        "parents": d.parents,
+        "triggered_by": "manual",
+        "triggers": {"filter_payload": {}},
+        "user_data": {},
+        "overrides": {},
+        "step_run_errors": {},
+    });
+    pb::AssignedAction {
+        tenant_id: tenant.to_owned(),
+        workflow_run_id: d.run_id.to_string(),
+        get_group_key_run_id: String::new(),
+        job_id: d.step_id.to_string(),
+        job_name: d.readable_id.clone(),
+        job_run_id: item.task_id.to_string(),
+        task_id: d.step_id.to_string(),
+        task_run_external_id: item.task_id.to_string(),
+        action_id: d.action,
+        action_type: pb::ActionType::StartStepRun as i32,
+        action_payload: payload.to_string(),
+        task_name: d.readable_id,
+        retry_count: item.retry_count,
+        additional_metadata: Some(d.additional_metadata.to_string()),
+        child_workflow_index: d.child_index,
+        child_workflow_key: d.child_key,
+        parent_workflow_run_id: d.parent_run_id.map(|id| id.to_string()),
+        priority: item.priority,
+        workflow_id: Some(d.workflow_id.to_string()),
+        workflow_version_id: Some(d.version_id.to_string()),
+        triggering_event_external_id: None,
+        triggering_event_key: None,
+        task_inserted_at: Some(prost_types::Timestamp {
+            seconds: d.inserted_at.timestamp(),
+            nanos: d.inserted_at.timestamp_subsec_nanos() as i32,
+        }),
+    }
+}

@@ -1,0 +1,38 @@
+//! What an engine instance needs to know.
+
+use std::time::Duration;
+
+use sfp_protocol::token::TokenKey;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The tenant this engine serves (tokens must name it).
+    pub tenant_id: Uuid,
+    /// Signs and checks tenant tokens.
+    pub token_key: TokenKey,
+    /// The gRPC address clients are told to use (`host:port`, no scheme).
+    pub grpc_address: String,
+    /// The REST base URL clients are told to use.
+    pub server_url: String,
+    /// A worker silent this long loses its assignments.
+    pub heartbeat_timeout: Duration,
+    /// How often the assigner looks at the queue when nothing wakes it.
+    pub poll_interval: Duration,
+    /// Most queue items claimed in one assignment pass.
+    pub assign_batch: i64,
+}
+
+impl EngineConfig {
+    pub fn new(tenant_id: Uuid, token_key: TokenKey, grpc_address: String, server_url: String) -> Self {
+        EngineConfig {
+            tenant_id,
+            token_key,
+            grpc_address,
+            server_url,
+            heartbeat_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            assign_batch: 500,
+        }
+    }
+}

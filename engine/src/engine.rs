@@ -1,0 +1,117 @@
+//! The shared engine handle: database pool, configuration, the workers whose streams this
+//! process holds, and the wake-ups between the parts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sqlx::PgPool;
+use tokio::sync::{Notify, broadcast};
+use uuid::Uuid;
+
+use crate::config::EngineConfig;
+use crate::workers::ConnectedWorker;
+
+/// Errors of engine operations; the gRPC and REST layers map them to their status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<EngineError> for tonic::Status {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            EngineError::NotFound(m) => tonic::Status::not_found(m),
+            EngineError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            EngineError::Database(e) => {
+                tracing::error!(error = %e, "engine database error");
+                tonic::Status::unavailable("the engine's database is not available; try again")
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub pool: PgPool,
+    pub config: EngineConfig,
+    /// Workers with a live `Listen`/`ListenV2` stream on this process.
+    pub workers: Mutex<HashMap<Uuid, ConnectedWorker>>,
+    /// Wakes the assigner: new queue items, freed slots, new streams.
+    pub assign_wake: Notify,
+    /// Runs that reached a final status (for run subscriptions).
+    pub run_finished: broadcast::Sender<Uuid>,
+}
+
+impl Engine {
+    pub fn new(pool: PgPool, config: EngineConfig) -> Engine {
+        let (run_finished, _) = broadcast::channel(4096);
+        Engine {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                workers: Mutex::new(HashMap::new()),
+                assign_wake: Notify::new(),
+                run_finished,
+            }),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn tenant_id(&self) -> Uuid {
+        self.inner.config.tenant_id
+    }
+
+    pub(crate) fn wake_assigner(&self) {
+        self.inner.assign_wake.notify_one();
+    }
+
+    pub(crate) fn connected(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, ConnectedWorker>> {
+        self.inner.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives a finished attempt's slot units back to its worker, if its stream is here.
+    pub(crate) fn release_slots(&self, worker_id: Uuid, units: i32) {
+        if let Some(w) = self.connected().get_mut(&worker_id) {
+            w.free_slots += units;
+        }
+        self.wake_assigner();
+    }
+
+    pub(crate) fn announce_finished(&self, run_ids: &[Uuid]) {
+        for id in run_ids {
+            let _ = self.inner.run_finished.send(*id);
+        }
+    }
+}
+
+/// Parses a UUID given by a client, naming the field when it is not one.
+pub(crate) fn parse_id(value: &str, field: &str) -> Result<Uuid, EngineError> {
+    Uuid::parse_str(value.trim()).map_err(|_| EngineError::InvalidArgument(format!("{field} {value:?} is not a UUID")))
+}
+
+/// Parses a JSON document given by a client; an empty string is `{}`.
+pub(crate) fn parse_json(value: &str, field: &str) -> Result<serde_json::Value, EngineError> {
+    if value.trim().is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_str(value).map_err(|e| EngineError::InvalidArgument(format!("{field} is not valid JSON: {e}")))
+}

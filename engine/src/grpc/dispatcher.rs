@@ -1,0 +1,209 @@
+//! `/Dispatcher/*`: what workers call.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use sfp_protocol::pb;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::engine::{Engine, parse_id};
+use crate::task_events::{StepEvent, StepEventKind};
+use crate::workers::{AssignmentStream, Registration};
+
+pub struct DispatcherService {
+    engine: Engine,
+}
+
+impl DispatcherService {
+    pub fn new(engine: Engine) -> Self {
+        DispatcherService { engine }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::dispatcher_server::Dispatcher for DispatcherService {
+    async fn register(
+        &self,
+        request: Request<pb::WorkerRegisterRequest>,
+    ) -> Result<Response<pb::WorkerRegisterResponse>, Status> {
+        let req = request.into_inner();
+        // Like Hatchet: `slots` (older clients) or `slot_config` (newer ones), never both;
+        // 100 default slots when neither is given.
+        let slots = match (req.slots, req.slot_config.is_empty()) {
+            (Some(_), false) => {
+                return Err(Status::invalid_argument("send either slots or slot_config, not both"));
+            }
+            (Some(n), true) => n,
+            (None, false) => req.slot_config.values().copied().sum(),
+            (None, true) => 100,
+        };
+        let labels = serde_json::Value::Object(
+            req.labels
+                .iter()
+                .map(|(k, v)| {
+                    let value = match (&v.str_value, v.int_value) {
+                        (Some(s), _) => serde_json::json!(s),
+                        (None, Some(i)) => serde_json::json!(i),
+                        (None, None) => serde_json::Value::Null,
+                    };
+                    (k.clone(), value)
+                })
+                .collect(),
+        );
+        let runtime_info = req.runtime_info.as_ref().map(|r| {
+            serde_json::json!({
+                "sdk_version": r.sdk_version, "language": r.language, "language_version": r.language_version,
+                "os": r.os, "extra": r.extra,
+            })
+        });
+        let registration =
+            Registration { worker_name: req.worker_name.clone(), actions: req.actions, slots, labels, runtime_info };
+        let id = self.engine.register_worker(registration).await?;
+        Ok(Response::new(pb::WorkerRegisterResponse {
+            tenant_id: self.engine.tenant_id().to_string(),
+            worker_id: id.to_string(),
+            worker_name: req.worker_name,
+        }))
+    }
+
+    type ListenStream = AssignmentStream;
+
+    async fn listen(&self, request: Request<pb::WorkerListenRequest>) -> Result<Response<Self::ListenStream>, Status> {
+        let worker_id = parse_id(&request.get_ref().worker_id, "worker_id")?;
+        Ok(Response::new(self.engine.listen(worker_id).await?))
+    }
+
+    type ListenV2Stream = AssignmentStream;
+
+    async fn listen_v2(
+        &self,
+        request: Request<pb::WorkerListenRequest>,
+    ) -> Result<Response<Self::ListenV2Stream>, Status> {
+        let worker_id = parse_id(&request.get_ref().worker_id, "worker_id")?;
+        Ok(Response::new(self.engine.listen(worker_id).await?))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let worker_id = parse_id(&request.get_ref().worker_id, "worker_id")?;
+        self.engine.heartbeat(worker_id).await?;
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+
+    type SubscribeToWorkflowEventsStream = BoxStream<pb::WorkflowEvent>;
+
+    async fn subscribe_to_workflow_events(
+        &self,
+        _request: Request<pb::SubscribeToWorkflowEventsRequest>,
+    ) -> Result<Response<Self::SubscribeToWorkflowEventsStream>, Status> {
+        Err(Status::unimplemented("workflow event streams are not available yet"))
+    }
+
+    type SubscribeToWorkflowRunsStream = BoxStream<pb::WorkflowRunEvent>;
+
+    async fn subscribe_to_workflow_runs(
+        &self,
+        request: Request<Streaming<pb::SubscribeToWorkflowRunsRequest>>,
+    ) -> Result<Response<Self::SubscribeToWorkflowRunsStream>, Status> {
+        let stream = super::subscriptions::run_events(self.engine.clone(), request.into_inner());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn send_step_action_event(
+        &self,
+        request: Request<pb::StepActionEvent>,
+    ) -> Result<Response<pb::ActionEventResponse>, Status> {
+        let req = request.into_inner();
+        let task_id = parse_id(&req.task_run_external_id, "task_run_external_id")?;
+        let worker_id = parse_id(&req.worker_id, "worker_id").ok();
+        let kind = match pb::StepActionEventType::try_from(req.event_type) {
+            Ok(pb::StepActionEventType::StepEventTypeStarted) => StepEventKind::Started,
+            Ok(pb::StepActionEventType::StepEventTypeAcknowledged) => StepEventKind::Acknowledged,
+            Ok(pb::StepActionEventType::StepEventTypeCompleted) => {
+                StepEventKind::Completed { payload: req.event_payload }
+            }
+            Ok(pb::StepActionEventType::StepEventTypeFailed) => StepEventKind::Failed {
+                error: req.event_payload,
+                should_not_retry: req.should_not_retry.unwrap_or(false),
+            },
+            Ok(pb::StepActionEventType::StepEventTypeCancelled) => StepEventKind::Cancelled,
+            _ => return Err(Status::invalid_argument(format!("unknown event_type {}", req.event_type))),
+        };
+        let outcome =
+            self.engine.step_event(StepEvent { worker_id, task_id, retry_count: req.retry_count, kind }).await?;
+        tracing::debug!(%task_id, ?outcome, "step event");
+        Ok(Response::new(pb::ActionEventResponse {
+            tenant_id: self.engine.tenant_id().to_string(),
+            worker_id: req.worker_id,
+        }))
+    }
+
+    async fn put_overrides_data(
+        &self,
+        _request: Request<pb::OverridesData>,
+    ) -> Result<Response<pb::OverridesDataResponse>, Status> {
+        Ok(Response::new(pb::OverridesDataResponse {}))
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: Request<pb::WorkerUnsubscribeRequest>,
+    ) -> Result<Response<pb::WorkerUnsubscribeResponse>, Status> {
+        let worker_id = parse_id(&request.get_ref().worker_id, "worker_id")?;
+        self.engine.unsubscribe(worker_id).await?;
+        Ok(Response::new(pb::WorkerUnsubscribeResponse {
+            tenant_id: self.engine.tenant_id().to_string(),
+            worker_id: worker_id.to_string(),
+        }))
+    }
+
+    async fn refresh_timeout(
+        &self,
+        _request: Request<pb::RefreshTimeoutRequest>,
+    ) -> Result<Response<pb::RefreshTimeoutResponse>, Status> {
+        Err(Status::unimplemented("RefreshTimeout is not available yet"))
+    }
+
+    async fn release_slot(
+        &self,
+        _request: Request<pb::ReleaseSlotRequest>,
+    ) -> Result<Response<pb::ReleaseSlotResponse>, Status> {
+        Err(Status::unimplemented("ReleaseSlot is not available yet"))
+    }
+
+    async fn upsert_worker_labels(
+        &self,
+        request: Request<pb::UpsertWorkerLabelsRequest>,
+    ) -> Result<Response<pb::UpsertWorkerLabelsResponse>, Status> {
+        let req = request.into_inner();
+        let worker_id = parse_id(&req.worker_id, "worker_id")?;
+        let labels = req
+            .labels
+            .into_iter()
+            .map(|(k, v)| {
+                let value = match (v.str_value, v.int_value) {
+                    (Some(s), _) => serde_json::json!(s),
+                    (None, Some(i)) => serde_json::json!(i),
+                    (None, None) => serde_json::Value::Null,
+                };
+                (k, value)
+            })
+            .collect();
+        self.engine.upsert_labels(worker_id, labels).await?;
+        Ok(Response::new(pb::UpsertWorkerLabelsResponse {
+            tenant_id: self.engine.tenant_id().to_string(),
+            worker_id: req.worker_id,
+        }))
+    }
+
+    async fn get_version(
+        &self,
+        _request: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::GetVersionResponse>, Status> {
+        Ok(Response::new(pb::GetVersionResponse { version: sfp_protocol::ENGINE_PROTOCOL_VERSION.into() }))
+    }
+}

@@ -1,0 +1,68 @@
+//! `/WorkflowService/*`: starting runs.
+
+use sfp_protocol::pb;
+use sfp_protocol::pb::v1 as pbv1;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, parse_id, parse_json};
+use crate::runs::Trigger;
+
+pub struct WorkflowService {
+    engine: Engine,
+}
+
+impl WorkflowService {
+    pub fn new(engine: Engine) -> Self {
+        WorkflowService { engine }
+    }
+}
+
+fn to_trigger(req: pbv1::TriggerWorkflowRequest) -> Result<Trigger, Status> {
+    if req.name.trim().is_empty() {
+        return Err(Status::invalid_argument("name (the workflow to run) is required"));
+    }
+    let mut trigger = Trigger::new(req.name, parse_json(&req.input, "input")?);
+    if let Some(meta) = req.additional_metadata.as_deref() {
+        trigger.additional_metadata = parse_json(meta, "additional_metadata")?;
+    }
+    trigger.priority = req.priority;
+    if let Some(parent) = req.parent_task_run_external_id.as_deref().filter(|s| !s.is_empty()) {
+        trigger.parent_task_id = Some(parse_id(parent, "parent_task_run_external_id")?);
+        trigger.triggered_by = "parent";
+    }
+    trigger.child_index = req.child_index;
+    trigger.child_key = req.child_key;
+    Ok(trigger)
+}
+
+#[tonic::async_trait]
+impl pb::workflow_service_server::WorkflowService for WorkflowService {
+    async fn schedule_workflow(
+        &self,
+        _request: Request<pb::ScheduleWorkflowRequest>,
+    ) -> Result<Response<pb::WorkflowVersion>, Status> {
+        Err(Status::unimplemented("ScheduleWorkflow is not available yet"))
+    }
+
+    async fn trigger_workflow(
+        &self,
+        request: Request<pbv1::TriggerWorkflowRequest>,
+    ) -> Result<Response<pb::TriggerWorkflowResponse>, Status> {
+        let id = self.engine.trigger(to_trigger(request.into_inner())?).await?;
+        Ok(Response::new(pb::TriggerWorkflowResponse { workflow_run_id: id.to_string() }))
+    }
+
+    async fn bulk_trigger_workflow(
+        &self,
+        request: Request<pb::BulkTriggerWorkflowRequest>,
+    ) -> Result<Response<pb::BulkTriggerWorkflowResponse>, Status> {
+        let triggers = request.into_inner().workflows.into_iter().map(to_trigger).collect::<Result<Vec<_>, _>>()?;
+        if triggers.is_empty() {
+            return Err(Status::invalid_argument("workflows must not be empty"));
+        }
+        let ids = self.engine.trigger_many(triggers).await?;
+        Ok(Response::new(pb::BulkTriggerWorkflowResponse {
+            workflow_run_ids: ids.iter().map(|i| i.to_string()).collect(),
+        }))
+    }
+}

@@ -1,0 +1,43 @@
+//! The embedded durable workflow engine. It speaks the Hatchet protocol (gRPC for workers
+//! and clients, a REST subset for run details and workers), keeps every state change in
+//! PostgreSQL (schema `engine`) before acknowledging it, and pushes assignments to the
+//! workers whose `ListenV2` streams this process holds.
+//!
+//! [`serve`] runs the gRPC and REST servers on listeners the caller bound, with the
+//! background loops (assignment), until the cancellation token fires.
+
+mod assign;
+pub mod config;
+mod engine;
+mod events;
+pub mod grpc;
+pub mod model;
+pub mod rest;
+mod runs;
+mod task_events;
+pub mod tenant;
+mod workers;
+mod workflows;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, EngineError};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Serves the engine until `shutdown` is cancelled.
+pub async fn serve(
+    engine: Engine,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let assigner = tokio::spawn(assign::run(engine.clone(), shutdown.clone()));
+    let grpc = tokio::spawn(grpc::serve(engine.clone(), grpc_listener, shutdown.clone()));
+    let rest = tokio::spawn(rest::serve(engine.clone(), http_listener, shutdown.clone()));
+    let (a, g, r) = tokio::join!(assigner, grpc, rest);
+    a?;
+    g??;
+    r??;
+    Ok(())
+}

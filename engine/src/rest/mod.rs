@@ -1,0 +1,114 @@
+//! The REST paths real Hatchet also has, on the engine's HTTP port: health, version, run
+//! details in the exact shape the SDKs parse, and pausing workers.
+
+mod runs;
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineError, parse_id};
+
+/// REST errors: `{"code", "message"}` with the right status (Hatchet's own clients only look
+/// at the status).
+pub struct RestError(StatusCode, String);
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let code = match self.0 {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            _ => "unavailable",
+        };
+        (self.0, Json(json!({"code": code, "message": self.1}))).into_response()
+    }
+}
+
+impl From<EngineError> for RestError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidArgument(m) => RestError(StatusCode::BAD_REQUEST, m),
+            EngineError::NotFound(m) => RestError(StatusCode::NOT_FOUND, m),
+            EngineError::FailedPrecondition(m) => RestError(StatusCode::CONFLICT, m),
+            EngineError::Database(e) => {
+                tracing::error!(error = %e, "engine database error");
+                RestError(StatusCode::SERVICE_UNAVAILABLE, "the engine's database is not available".into())
+            }
+        }
+    }
+}
+
+pub fn router(engine: Engine) -> Router {
+    let authenticated = Router::new()
+        .route("/api/v1/version", get(version))
+        .route("/api/v1/stable/workflow-runs/{run}", get(runs::get_run))
+        .route("/api/v1/workers/{worker}", patch(update_worker))
+        .layer(axum::middleware::from_fn_with_state(engine.clone(), authenticate));
+    Router::new()
+        .route("/api/ready", get(ready))
+        .route("/api/live", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(authenticated)
+        .fallback(|| async { RestError(StatusCode::NOT_FOUND, "no such engine path".into()) })
+        .with_state(engine)
+}
+
+pub async fn serve(engine: Engine, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    axum::serve(listener, router(engine)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}
+
+async fn authenticate(State(engine): State<Engine>, request: Request, next: Next) -> Response {
+    let header = request.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let claims = sfp_protocol::token::bearer(header).and_then(|t| engine.config().token_key.validate(t));
+    match claims {
+        Ok(c) if c.tenant_id().ok() == Some(engine.tenant_id()) => next.run(request).await,
+        Ok(_) => RestError(StatusCode::FORBIDDEN, "the token belongs to another tenant".into()).into_response(),
+        Err(e) => RestError(StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+    }
+}
+
+async fn ready(State(engine): State<Engine>) -> Result<Json<serde_json::Value>, RestError> {
+    sqlx::query("SELECT 1").execute(engine.pool()).await.map_err(EngineError::from)?;
+    Ok(Json(json!({"status": "ok"})))
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(json!({"version": sfp_protocol::ENGINE_PROTOCOL_VERSION}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WorkerUpdate {
+    is_paused: Option<bool>,
+}
+
+async fn update_worker(
+    State(engine): State<Engine>,
+    Path(worker): Path<String>,
+    Json(update): Json<WorkerUpdate>,
+) -> Result<Json<serde_json::Value>, RestError> {
+    let id = parse_id(&worker, "worker id")?;
+    if let Some(paused) = update.is_paused {
+        engine.set_paused(id, paused).await?;
+    }
+    let (name, paused, active): (String, bool, bool) =
+        sqlx::query_as("SELECT name, is_paused, is_active FROM engine.worker WHERE id = $1")
+            .bind(id)
+            .fetch_one(engine.pool())
+            .await
+            .map_err(EngineError::from)?;
+    Ok(Json(json!({
+        "metadata": {"id": id, "createdAt": chrono::Utc::now(), "updatedAt": chrono::Utc::now()},
+        "name": name,
+        "status": if paused { "PAUSED" } else if active { "ACTIVE" } else { "INACTIVE" },
+    })))
+}
