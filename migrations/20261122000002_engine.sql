@@ -159,6 +159,8 @@ CREATE TABLE engine.task_event (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX task_event_task ON engine.task_event (task_id, id);
+-- STARTED is recorded once per attempt, however often (and however concurrently) it is sent.
+CREATE UNIQUE INDEX task_event_started_once ON engine.task_event (task_id, retry_count) WHERE event_type = 'STARTED';
 
 CREATE TABLE engine.log_line (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

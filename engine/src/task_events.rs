@@ -78,8 +78,7 @@ impl Engine {
              SELECT t.id, t.retry_count, 'STARTED', $3 FROM engine.task t \
              JOIN engine.task_runtime rt ON rt.task_id = t.id AND rt.retry_count = coalesce($2, t.retry_count) \
              WHERE t.id = $1 AND t.tenant_id = $4 \
-               AND NOT EXISTS (SELECT 1 FROM engine.task_event e WHERE e.task_id = t.id \
-                               AND e.retry_count = rt.retry_count AND e.event_type = 'STARTED')",
+             ON CONFLICT (task_id, retry_count) WHERE event_type = 'STARTED' DO NOTHING",
         )
         .bind(event.task_id)
         .bind(event.retry_count)

@@ -1,0 +1,6 @@
+//! The engine over real gRPC and REST against a real PostgreSQL (a fresh database per test).
+
+mod harness;
+mod runs;
+mod scheduling;
+mod surface;
