@@ -2,6 +2,7 @@
 //! throwaway data folders, and the real `sfp-server` binary run as a child process.
 
 mod process;
+pub mod sdk;
 
 pub use process::{RunningStack, StackOutput, process_alive, processes_mentioning};
 

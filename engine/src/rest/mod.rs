@@ -2,19 +2,19 @@
 //! details in the exact shape the SDKs parse, and pausing workers.
 
 mod runs;
+mod workers;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, EngineError, parse_id};
+use crate::engine::{Engine, EngineError};
 
 /// REST errors: `{"code", "message"}` with the right status (Hatchet's own clients only look
 /// at the status).
@@ -51,7 +51,7 @@ pub fn router(engine: Engine) -> Router {
     let authenticated = Router::new()
         .route("/api/v1/version", get(version))
         .route("/api/v1/stable/workflow-runs/{run}", get(runs::get_run))
-        .route("/api/v1/workers/{worker}", patch(update_worker))
+        .route("/api/v1/workers/{worker}", get(workers::get_worker).patch(workers::update_worker))
         .layer(axum::middleware::from_fn_with_state(engine.clone(), authenticate));
     Router::new()
         .route("/api/ready", get(ready))
@@ -83,32 +83,4 @@ async fn ready(State(engine): State<Engine>) -> Result<Json<serde_json::Value>, 
 
 async fn version() -> Json<serde_json::Value> {
     Json(json!({"version": sfp_protocol::ENGINE_PROTOCOL_VERSION}))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WorkerUpdate {
-    is_paused: Option<bool>,
-}
-
-async fn update_worker(
-    State(engine): State<Engine>,
-    Path(worker): Path<String>,
-    Json(update): Json<WorkerUpdate>,
-) -> Result<Json<serde_json::Value>, RestError> {
-    let id = parse_id(&worker, "worker id")?;
-    if let Some(paused) = update.is_paused {
-        engine.set_paused(id, paused).await?;
-    }
-    let (name, paused, active): (String, bool, bool) =
-        sqlx::query_as("SELECT name, is_paused, is_active FROM engine.worker WHERE id = $1")
-            .bind(id)
-            .fetch_one(engine.pool())
-            .await
-            .map_err(EngineError::from)?;
-    Ok(Json(json!({
-        "metadata": {"id": id, "createdAt": chrono::Utc::now(), "updatedAt": chrono::Utc::now()},
-        "name": name,
-        "status": if paused { "PAUSED" } else if active { "ACTIVE" } else { "INACTIVE" },
-    })))
 }

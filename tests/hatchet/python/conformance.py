@@ -1,0 +1,131 @@
+"""Conformance of the embedded engine with the official Hatchet Python SDK (pinned in
+requirements.txt).
+
+The engine is started the way the SDK starts its own embedded engine: `Hatchet.from_embedded()`
+runs the binary named by HATCHET_CLIENT_EMBEDDED_BINARY_PATH with `-handshake-file` (and
+`-database-url` from HATCHET_CLIENT_EMBEDDED_DATABASE_URL). A worker runs in a child process
+that reuses the same engine. Exits non-zero on the first broken expectation.
+
+    python conformance.py            # the client side (starts engine and worker)
+    python conformance.py worker     # the worker side (started by the client side)
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from hatchet_sdk import Context, EmptyModel, Hatchet
+
+hatchet = Hatchet.from_embedded()
+
+
+class Numbers(BaseModel):
+    n: int
+
+
+class Marker(BaseModel):
+    marker: str
+
+
+dag = hatchet.workflow(name="py-dag", input_validator=Numbers)
+
+
+@dag.task()
+def first(input: Numbers, ctx: Context) -> dict:
+    return {"doubled": input.n * 2}
+
+
+@dag.task(parents=[first])
+def second(input: Numbers, ctx: Context) -> dict:
+    return {"plus_one": ctx.task_output(first)["doubled"] + 1}
+
+
+@hatchet.task(name="py-flaky", retries=2)
+def flaky(input: EmptyModel, ctx: Context) -> dict:
+    if ctx.retry_count < 2:
+        raise RuntimeError(f"flaky attempt {ctx.retry_count}")
+    return {"attempt": ctx.retry_count}
+
+
+@hatchet.task(name="py-fail", retries=0)
+def always_fails(input: EmptyModel, ctx: Context) -> dict:
+    raise RuntimeError("this task always fails")
+
+
+@hatchet.task(name="py-event", on_events=["py:event"], input_validator=Marker)
+def on_event(input: Marker, ctx: Context) -> dict:
+    Path(input.marker).write_text(json.dumps({"seen": input.marker}))
+    return {"ok": True}
+
+
+def worker() -> None:
+    w = hatchet.worker("py-conformance", slots=4, workflows=[dag, flaky, always_fails, on_event])
+    w.start()
+
+
+def check(condition: bool, what: str) -> None:
+    if not condition:
+        print(f"FAILED: {what}", flush=True)
+        sys.exit(1)
+    print(f"ok: {what}", flush=True)
+
+
+def retry_until_registered(call):
+    """The worker registers the workflows; until then triggering answers NOT_FOUND."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001
+            if "not registered" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def client() -> None:
+    child = subprocess.Popen([sys.executable, __file__, "worker"])
+    try:
+        result = retry_until_registered(lambda: dag.run(Numbers(n=20)))
+        check(result["first"] == {"doubled": 40}, f"DAG first task output {result}")
+        check(result["second"] == {"plus_one": 41}, "DAG second task read its parent's output")
+
+        result = asyncio.run(dag.aio_run(Numbers(n=5)))
+        check(result["second"] == {"plus_one": 11}, f"aio_run returns the result {result}")
+
+        result = retry_until_registered(lambda: flaky.run())
+        check(result == {"attempt": 2}, f"a task failing twice succeeds on its third attempt {result}")
+
+        try:
+            retry_until_registered(lambda: always_fails.run())
+            check(False, "a failing task raises in the caller")
+        except Exception as e:  # noqa: BLE001
+            check("this task always fails" in str(e), f"the task's error reaches the caller: {e}")
+
+        marker = Path(tempfile.mkdtemp()) / "event-seen.json"
+        hatchet.event.push("py:event", {"marker": str(marker)})
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        check(marker.exists(), "an event push started the workflow listening for its key")
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        hatchet.stop_embedded()
+    print("python conformance: all passed", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker()
+    else:
+        client()

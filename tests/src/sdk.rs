@@ -1,0 +1,82 @@
+//! Running the official Hatchet SDKs (Python, TypeScript) against our binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A binary of this workspace, built next to the test executables (`scripts/test` builds
+/// every binary before running the tests).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target folder");
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is missing: build it first (cargo build --workspace --bins)", path.display());
+    path
+}
+
+/// The interpreter or tool named by `var`, which `scripts/test` sets after installing the
+/// pinned SDKs.
+pub fn tool_from_env(var: &str) -> PathBuf {
+    let value = std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run the tests with scripts/test, which installs the pinned SDK clients")
+    });
+    PathBuf::from(value)
+}
+
+/// A database of its own on the test cluster (`DATABASE_URL`), dropped afterwards.
+pub struct FreshDatabase {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl FreshDatabase {
+    pub fn create() -> FreshDatabase {
+        let admin = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/test starts a test cluster)");
+        let name = format!("sdk_{}", uuid_like());
+        psql(&admin, &format!("CREATE DATABASE {name}"));
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin.clone());
+        FreshDatabase { url: format!("{base}/{name}"), admin, name }
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        psql(&self.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let status =
+        Command::new("psql").arg(url).args(["-qX", "-v", "ON_ERROR_STOP=1", "-c", sql]).status().expect("psql");
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+/// Runs a conformance script to its end (bounded, so a hang fails instead of blocking CI) and
+/// returns its exit status and everything it printed.
+pub fn run_script(mut cmd: Command, limit: Duration) -> (bool, String) {
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let out = log.reopen().expect("log");
+    let err = out.try_clone().expect("log");
+    let mut child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().expect("start the script");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let printed = std::fs::read_to_string(log.path()).unwrap_or_default();
+    (status.is_some_and(|s| s.success()), printed)
+}

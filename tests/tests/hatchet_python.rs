@@ -1,0 +1,34 @@
+//! The official Hatchet Python SDK (PyPI hatchet-sdk, pinned in
+//! tests/hatchet/python/requirements.txt) against the embedded engine, started through the
+//! SDK's own `from_embedded()` sidecar protocol.
+
+use std::process::Command;
+use std::time::Duration;
+
+use sfp_tests::sdk::{FreshDatabase, run_script, tool_from_env, workspace_binary};
+
+#[test]
+fn python_sdk_runs_dags_retries_failures_and_events() {
+    let python = tool_from_env("SFP_TEST_PYTHON");
+    let engine = workspace_binary("sfp-engine");
+    let db = FreshDatabase::create();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hatchet/python/conformance.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script)
+        .env("HATCHET_CLIENT_EMBEDDED_BINARY_PATH", &engine)
+        .env("HATCHET_CLIENT_EMBEDDED_DATABASE_URL", &db.url)
+        .env_remove("HATCHET_CLIENT_TOKEN")
+        .env_remove("HATCHET_EMBEDDED_HANDSHAKE")
+        .current_dir(std::env::temp_dir());
+    let (ok, printed) = run_script(cmd, Duration::from_secs(240));
+    assert!(ok && printed.contains("python conformance: all passed"), "the Python SDK conformance failed:\n{printed}");
+    for expectation in [
+        "ok: DAG second task read its parent's output",
+        "ok: aio_run returns the result",
+        "ok: a task failing twice succeeds on its third attempt",
+        "ok: the task's error reaches the caller",
+        "ok: an event push started the workflow",
+    ] {
+        assert!(printed.contains(expectation), "missing {expectation:?} in:\n{printed}");
+    }
+}
