@@ -42,9 +42,9 @@ pub fn parse(text: &str) -> Result<Option<Duration>, InvalidDuration> {
 /// Renders a duration the way the SDKs do (`"90s"`, `"5m"`).
 pub fn render(duration: Duration) -> String {
     let secs = duration.as_secs();
-    if secs > 0 && secs % 3600 == 0 {
+    if secs > 0 && secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs > 0 && secs % 60 == 0 {
+    } else if secs > 0 && secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else if duration.subsec_millis() == 0 {
         format!("{secs}s")

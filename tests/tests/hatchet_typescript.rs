@@ -24,7 +24,10 @@ fn typescript_sdk_runs_dags_retries_failures_and_events() {
         .env_remove("HATCHET_CLIENT_TOKEN")
         .current_dir(&dir);
     let (ok, printed) = run_script(cmd, Duration::from_secs(240));
-    assert!(ok && printed.contains("typescript conformance: all passed"), "the TypeScript SDK conformance failed:\n{printed}");
+    assert!(
+        ok && printed.contains("typescript conformance: all passed"),
+        "the TypeScript SDK conformance failed:\n{printed}"
+    );
     for expectation in [
         "ok: DAG second task read its parent's output",
         "ok: a task failing twice succeeds on its third attempt",
