@@ -23,6 +23,7 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    pub engine: EngineConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -34,6 +35,7 @@ impl std::fmt::Debug for Config {
             .field("postgres", &self.postgres)
             .field("log", &self.log)
             .field("admin", &self.admin)
+            .field("engine", &self.engine)
             .finish()
     }
 }
@@ -78,6 +80,23 @@ pub struct LogConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
+pub struct EngineConfig {
+    /// Run the embedded workflow engine in `sfp-server start`.
+    pub embedded: bool,
+    /// gRPC port of the embedded engine; unset keeps the one chosen at first start.
+    pub grpc_port: Option<u16>,
+    /// REST port of the embedded engine; unset keeps the one chosen at first start.
+    pub api_port: Option<u16>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { embedded: true, grpc_port: None, api_port: None }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AdminConfig {
     /// The e-mail address of the administrator created at first start.
     pub email: String,
@@ -92,6 +111,7 @@ impl Default for Config {
             postgres: PostgresConfig::default(),
             log: LogConfig::default(),
             admin: AdminConfig::default(),
+            engine: EngineConfig::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod data_dir;
 mod database;
+mod engine;
 mod status;
 
 use std::net::SocketAddr;
@@ -46,6 +47,19 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
 
     let mut health = HealthChecks::default();
     health.add(Arc::new(DatabaseCheck::new(db.pool.clone(), db.cluster.is_none())));
+    let engine_task = if config.engine.embedded {
+        let running = engine::start(&config, &data, &db.pool, shutdown.clone()).await?;
+        say(format!("engine: gRPC on {}, REST on {}", running.grpc_address, running.api_url));
+        say(format!("  worker token in {}", data.path(engine::TOKEN_FILE).display()));
+        health.add(Arc::new(engine::EngineCheck {
+            api_url: running.api_url.clone(),
+            grpc_address: running.grpc_address.clone(),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?,
+        }));
+        Some(running.task)
+    } else {
+        None
+    };
     let state = AppState { pool: db.pool.clone(), metrics: Metrics::new(), health };
 
     let addr = SocketAddr::new(config.api.host, config.api.port);
@@ -86,6 +100,13 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
             }
         },
     };
+    if let Some(task) = engine_task {
+        match tokio::time::timeout(Duration::from_secs(30), task).await {
+            Ok(Ok(Err(e))) => eprintln!("engine: stopped with an error: {e:#}"),
+            Ok(_) => say("engine: stopped".into()),
+            Err(_) => eprintln!("engine: did not stop within 30 s"),
+        }
+    }
     data.remove_runtime();
     db.pool.close().await;
     if let Some(cluster) = &db.cluster {

@@ -37,11 +37,22 @@ fn assert_nothing_left(dir: &Path, postmaster: i32) {
 
 /// A GET from synchronous test code.
 fn get_json(url: &str) -> Value {
-    let url = url.to_owned();
+    get_json_with(url, "")
+}
+
+/// A GET with a bearer token (none when empty) from synchronous test code.
+fn get_json_with(url: &str, token: &str) -> Value {
+    let (url, token) = (url.to_owned(), token.to_owned());
     std::thread::spawn(move || {
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(async { reqwest::get(&url).await.expect("GET").json::<Value>().await.expect("JSON") })
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut request = reqwest::Client::new().get(&url);
+            if !token.is_empty() {
+                request = request.bearer_auth(&token);
+            }
+            let response = request.send().await.expect("GET");
+            assert!(response.status().is_success(), "GET {url}: {}", response.status());
+            response.json::<Value>().await.expect("JSON")
+        })
     })
     .join()
     .unwrap()
@@ -65,6 +76,13 @@ fn first_start_initialises_and_restart_reuses_everything() {
     let migrations = first["components"]["database"]["migrations"].as_u64().unwrap();
     assert_eq!(migrations, sfp_postgres::MIGRATOR.iter().count() as u64);
     let instance = first["components"]["database"]["instance_id"].clone();
+    let engine = &first["components"]["engine"];
+    assert_eq!(engine["status"], "up", "{first}");
+    let engine_api = engine["api"].as_str().unwrap().to_owned();
+    let token_path = dir.join("engine-token");
+    assert_eq!(std::fs::metadata(&token_path).unwrap().mode() & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    assert_eq!(get_json_with(&format!("{engine_api}/api/v1/version"), &token)["version"], "v0.79.0");
 
     let creds_path = dir.join("admin-credentials.json");
     assert_eq!(std::fs::metadata(&creds_path).unwrap().mode() & 0o777, 0o600);
@@ -90,6 +108,9 @@ fn first_start_initialises_and_restart_reuses_everything() {
     let second = health(&stack.url);
     assert_eq!(second["components"]["database"]["migrations"].as_u64().unwrap(), migrations);
     assert_eq!(second["components"]["database"]["instance_id"], instance);
+    // The engine keeps its ports and key: the token of the first start still works.
+    assert_eq!(second["components"]["engine"]["api"], engine_api.as_str());
+    assert_eq!(get_json_with(&format!("{engine_api}/api/v1/version"), &token)["version"], "v0.79.0");
     let creds_again: Value = serde_json::from_str(&std::fs::read_to_string(&creds_path).unwrap()).unwrap();
     assert_eq!(creds_again["password"], password.as_str());
 
@@ -109,7 +130,7 @@ fn stop_and_status_from_another_shell() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["status"], "running", "{status}");
-    for component in ["server", "api", "database"] {
+    for component in ["server", "api", "database", "engine"] {
         assert_eq!(status["components"][component]["status"], "up", "{component}: {status}");
     }
     assert_eq!(status["components"]["server"]["pid"], stack.pid());
