@@ -80,3 +80,72 @@ pub fn run_script(mut cmd: Command, limit: Duration) -> (bool, String) {
     let printed = std::fs::read_to_string(log.path()).unwrap_or_default();
     (status.is_some_and(|s| s.success()), printed)
 }
+
+/// `sfp-engine` in sidecar mode, as the SDKs run it: handshake file, exit on closed stdin.
+pub struct Sidecar {
+    child: Option<std::process::Child>,
+    pub handshake: serde_json::Value,
+    _dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    pub fn start(engine: &Path, database_url: &str) -> Sidecar {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let handshake_path = dir.path().join("handshake.json");
+        let mut child = Command::new(engine)
+            .args(["-handshake-file"])
+            .arg(&handshake_path)
+            .args(["-database-url", database_url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sfp-engine");
+        let started = Instant::now();
+        let handshake = loop {
+            if let Ok(text) = std::fs::read_to_string(&handshake_path)
+                && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                break value;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("sfp-engine exited before the handshake: {status}");
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "no handshake from sfp-engine");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(leftovers.len(), 1, "only the handshake file is written there: {leftovers:?}");
+        Sidecar { child: Some(child), handshake, _dir: dir }
+    }
+
+    pub fn token(&self) -> &str {
+        self.handshake["token"].as_str().expect("token")
+    }
+
+    /// Closes the sidecar's standard input, as a parent that went away does, and says
+    /// whether it exited by itself.
+    pub fn close_stdin_and_wait(mut self) -> bool {
+        let mut child = self.child.take().expect("child");
+        drop(child.stdin.take());
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
