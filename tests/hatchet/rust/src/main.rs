@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use hatchet_sdk::{Context, EmptyModel, Hatchet, HatchetError, Runnable};
+use hatchet_sdk::{Context, EmptyModel, Hatchet, HatchetError, Register, Runnable};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
