@@ -41,32 +41,6 @@ struct Group {
     workers: Vec<(Uuid, i32)>,
 }
 
-struct Claimed {
-    queue_id: i64,
-    task_id: Uuid,
-    retry_count: i32,
-    priority: i32,
-    slot_units: i32,
-    timeout_ms: i64,
-    payload: ActionData,
-}
-
-struct ActionData {
-    run_id: Uuid,
-    workflow_id: Uuid,
-    version_id: Uuid,
-    step_id: Uuid,
-    readable_id: String,
-    action: String,
-    additional_metadata: Value,
-    input: Value,
-    parents: Value,
-    parent_run_id: Option<Uuid>,
-    child_index: Option<i32>,
-    child_key: Option<String>,
-    inserted_at: DateTime<Utc>,
-}
-
 impl Engine {
     /// One pass: claims what the connected workers can take and sends it to them. Returns
     /// how many tasks it assigned.
@@ -109,7 +83,7 @@ impl Engine {
             return Ok(0);
         }
         // Place each claimed item on the worker with the most free slots that fits it.
-        let mut placed: Vec<(Claimed, Uuid)> = Vec::with_capacity(claimed.len());
+        let mut placed: Vec<(ClaimRow, Uuid)> = Vec::with_capacity(claimed.len());
         let mut unplaced = Vec::new();
         for item in claimed {
             group.workers.sort_by_key(|(_, free)| std::cmp::Reverse(*free));
@@ -164,7 +138,7 @@ impl Engine {
         .bind(&workers)
         .execute(&mut *tx)
         .await?;
-        let run_ids: Vec<Uuid> = placed.iter().map(|(c, _)| c.payload.run_id).collect();
+        let run_ids: Vec<Uuid> = placed.iter().map(|(c, _)| c.run_id).collect();
         sqlx::query(
             "UPDATE engine.workflow_run SET status = 'RUNNING', started_at = coalesce(started_at, now()) \
              WHERE id = ANY($1) AND status = 'QUEUED'",
@@ -213,7 +187,7 @@ async fn claim(
     tenant: Uuid,
     actions: &[String],
     limit: i64,
-) -> Result<Vec<Claimed>, EngineError> {
+) -> Result<Vec<ClaimRow>, EngineError> {
     let rows: Vec<ClaimRow> = sqlx::query_as(
         "WITH claimed AS ( \
            DELETE FROM engine.queue_item q WHERE q.id IN ( \
@@ -238,34 +212,10 @@ async fn claim(
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Claimed {
-            queue_id: r.queue_id,
-            task_id: r.task_id,
-            retry_count: r.retry_count,
-            priority: r.priority,
-            slot_units: r.slot_units,
-            timeout_ms: r.timeout_ms,
-            payload: ActionData {
-                run_id: r.run_id,
-                workflow_id: r.workflow_id,
-                version_id: r.version_id,
-                step_id: r.step_id,
-                readable_id: r.readable_id,
-                action: r.action,
-                additional_metadata: r.additional_metadata,
-                input: r.input,
-                parents: r.parents,
-                parent_run_id: r.parent_run_id,
-                child_index: r.child_index,
-                child_key: r.child_key,
-                inserted_at: r.inserted_at,
-            },
-        })
-        .collect())
+    Ok(rows)
 }
 
+/// A claimed queue item with what its assignment needs.
 #[derive(sqlx::FromRow)]
 struct ClaimRow {
     queue_id: i64,
@@ -289,8 +239,7 @@ struct ClaimRow {
     inserted_at: DateTime<Utc>,
 }
 
-fn assigned_action(tenant: &str, item: Claimed) -> pb::AssignedAction {
-    let d = item.payload;
+fn assigned_action(tenant: &str, d: ClaimRow) -> pb::AssignedAction {
     // The payload every SDK parses: `input` must always be there (the Rust crate panics
     // otherwise), `parents` holds the outputs of completed parents by readable id.
     let payload = json!({
@@ -308,19 +257,19 @@ fn assigned_action(tenant: &str, item: Claimed) -> pb::AssignedAction {
         get_group_key_run_id: String::new(),
         job_id: d.step_id.to_string(),
         job_name: d.readable_id.clone(),
-        job_run_id: item.task_id.to_string(),
+        job_run_id: d.task_id.to_string(),
         task_id: d.step_id.to_string(),
-        task_run_external_id: item.task_id.to_string(),
+        task_run_external_id: d.task_id.to_string(),
         action_id: d.action,
         action_type: pb::ActionType::StartStepRun as i32,
         action_payload: payload.to_string(),
         task_name: d.readable_id,
-        retry_count: item.retry_count,
+        retry_count: d.retry_count,
         additional_metadata: Some(d.additional_metadata.to_string()),
         child_workflow_index: d.child_index,
         child_workflow_key: d.child_key,
         parent_workflow_run_id: d.parent_run_id.map(|id| id.to_string()),
-        priority: item.priority,
+        priority: d.priority,
         workflow_id: Some(d.workflow_id.to_string()),
         workflow_version_id: Some(d.version_id.to_string()),
         triggering_event_external_id: None,

@@ -20,6 +20,15 @@ impl DispatcherService {
     }
 }
 
+/// A worker label as JSON: its string value, else its number.
+fn label_value(label: &pb::WorkerLabels) -> serde_json::Value {
+    match (&label.str_value, label.int_value) {
+        (Some(s), _) => serde_json::json!(s),
+        (None, Some(i)) => serde_json::json!(i),
+        (None, None) => serde_json::Value::Null,
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -39,19 +48,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             (None, false) => req.slot_config.values().copied().sum(),
             (None, true) => 100,
         };
-        let labels = serde_json::Value::Object(
-            req.labels
-                .iter()
-                .map(|(k, v)| {
-                    let value = match (&v.str_value, v.int_value) {
-                        (Some(s), _) => serde_json::json!(s),
-                        (None, Some(i)) => serde_json::json!(i),
-                        (None, None) => serde_json::Value::Null,
-                    };
-                    (k.clone(), value)
-                })
-                .collect(),
-        );
+        let labels = serde_json::Value::Object(req.labels.iter().map(|(k, v)| (k.clone(), label_value(v))).collect());
         let runtime_info = req.runtime_info.as_ref().map(|r| {
             serde_json::json!({
                 "sdk_version": r.sdk_version, "language": r.language, "language_version": r.language_version,
@@ -181,18 +178,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
     ) -> Result<Response<pb::UpsertWorkerLabelsResponse>, Status> {
         let req = request.into_inner();
         let worker_id = parse_id(&req.worker_id, "worker_id")?;
-        let labels = req
-            .labels
-            .into_iter()
-            .map(|(k, v)| {
-                let value = match (v.str_value, v.int_value) {
-                    (Some(s), _) => serde_json::json!(s),
-                    (None, Some(i)) => serde_json::json!(i),
-                    (None, None) => serde_json::Value::Null,
-                };
-                (k, value)
-            })
-            .collect();
+        let labels = req.labels.iter().map(|(k, v)| (k.clone(), label_value(v))).collect();
         self.engine.upsert_labels(worker_id, labels).await?;
         Ok(Response::new(pb::UpsertWorkerLabelsResponse {
             tenant_id: self.engine.tenant_id().to_string(),
