@@ -80,7 +80,7 @@ async fn main() {
         .args(["serve", "--grpc-port", "0", "--api-port", "0", "--log-level", "warn", "--data-dir"])
         .arg(&data)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("start sfp-engine");
     let mut lines = BufReader::new(engine.stdout.take().unwrap()).lines();

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
 use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::EngineConfig;
@@ -52,6 +53,8 @@ pub(crate) struct Inner {
     pub assign_wake: Notify,
     /// Runs that reached a final status (for run subscriptions).
     pub run_finished: broadcast::Sender<Uuid>,
+    /// Cancelled when the engine shuts down: open streams end so the servers can stop.
+    pub closing: CancellationToken,
 }
 
 impl Engine {
@@ -64,6 +67,7 @@ impl Engine {
                 workers: Mutex::new(HashMap::new()),
                 assign_wake: Notify::new(),
                 run_finished,
+                closing: CancellationToken::new(),
             }),
         }
     }
@@ -94,6 +98,13 @@ impl Engine {
             w.free_slots += units;
         }
         self.wake_assigner();
+    }
+
+    /// Ends every open stream (assignments, run subscriptions): workers reconnect to
+    /// whichever engine comes up next, as they do after any disconnect.
+    pub(crate) fn close_streams(&self) {
+        self.inner.closing.cancel();
+        self.connected().clear();
     }
 
     pub(crate) fn announce_finished(&self, run_ids: &[Uuid]) {

@@ -32,6 +32,12 @@ pub async fn serve(
     http_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let closer = engine.clone();
+    let closing = shutdown.clone();
+    tokio::spawn(async move {
+        closing.cancelled().await;
+        closer.close_streams();
+    });
     let assigner = tokio::spawn(assign::run(engine.clone(), shutdown.clone()));
     let grpc = tokio::spawn(grpc::serve(engine.clone(), grpc_listener, shutdown.clone()));
     let rest = tokio::spawn(rest::serve(engine.clone(), http_listener, shutdown.clone()));

@@ -32,7 +32,7 @@ struct Cli {
     #[command(flatten)]
     ports: PortArgs,
     /// Log filter (sidecar mode), e.g. info or debug
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", global = true)]
     log_level: String,
     /// Accepted for compatibility; the REST port is always served.
     #[arg(long)]

@@ -99,6 +99,9 @@ impl Engine {
         let (sender, receiver) = mpsc::channel(slots.clamp(16, 10_000) as usize);
         let session = SESSIONS.fetch_add(1, Ordering::Relaxed);
         let worker = ConnectedWorker { session, actions, free_slots: slots - used as i32, paused, sender };
+        if self.inner.closing.is_cancelled() {
+            return Err(EngineError::FailedPrecondition("the engine is shutting down".into()));
+        }
         self.connected().insert(worker_id, worker);
         self.wake_assigner();
         Ok(AssignmentStream { inner: ReceiverStream::new(receiver), guard: Some((self.clone(), worker_id, session)) })

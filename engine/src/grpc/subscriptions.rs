@@ -56,6 +56,7 @@ pub(crate) fn run_events(
                     }
                 }
                 _ = tx.closed() => break,
+                _ = engine.inner.closing.cancelled() => break,
             }
             for id in ready {
                 if !pending.remove(&id) {

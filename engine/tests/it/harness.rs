@@ -30,6 +30,7 @@ pub struct TestEngine {
     pub channel: Channel,
     pub pool: PgPool,
     shutdown: CancellationToken,
+    served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestEngine {
@@ -50,9 +51,16 @@ impl TestEngine {
         config.poll_interval = Duration::from_millis(200);
         let token = key.mint(identity.tenant_id, &rest_url, &grpc_address, Duration::from_secs(3600)).unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(sfp_engine::serve(Engine::new(pool.clone(), config), grpc, http, shutdown.clone()));
+        let served = tokio::spawn(sfp_engine::serve(Engine::new(pool.clone(), config), grpc, http, shutdown.clone()));
         let channel = Channel::from_shared(format!("http://{grpc_address}")).unwrap().connect_lazy();
-        TestEngine { token, rest_url, channel, pool, shutdown }
+        TestEngine { token, rest_url, channel, pool, shutdown, served: Some(served) }
+    }
+
+    /// Asks the engine to stop and says whether it did, within PATIENCE.
+    pub async fn shut_down(&mut self) -> bool {
+        self.shutdown.cancel();
+        let served = self.served.take().expect("running");
+        matches!(tokio::time::timeout(PATIENCE, served).await, Ok(Ok(Ok(()))))
     }
 
     pub fn auth(&self) -> Auth {

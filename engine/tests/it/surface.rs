@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 use sfp_protocol::pb;
 use sfp_protocol::pb::v1 as pbv1;
 use sqlx::PgPool;
+use tokio_stream::StreamExt;
 use tonic::Code;
 
 use crate::harness::*;
@@ -137,4 +138,20 @@ async fn the_rest_run_view_has_the_shape_the_rust_sdk_parses(pool: PgPool) {
     assert_eq!(missing.status(), 404);
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["code"], "not_found");
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn shutdown_ends_open_streams_instead_of_waiting_for_them(pool: PgPool) {
+    let mut engine = TestEngine::start(pool).await;
+    engine.put_workflow("idle", vec![task("idle", "t", &[])]).await;
+    let mut worker = TestWorker::start(&engine, &["idle:t"], 1, |_| Reply::Hold).await;
+    let run = engine.trigger("idle", json!({}), None).await;
+    worker.next_assignment().await;
+    // A client waiting for the run, and a worker holding its stream open.
+    let request = tokio_stream::iter(vec![pb::SubscribeToWorkflowRunsRequest { workflow_run_id: run }])
+        .chain(tokio_stream::pending());
+    let mut subscription = engine.dispatcher().subscribe_to_workflow_runs(request).await.unwrap().into_inner();
+    assert!(engine.shut_down().await, "the engine stopped although streams were open");
+    let ended = tokio::time::timeout(PATIENCE, subscription.message()).await.expect("subscription answered");
+    assert!(!matches!(ended, Ok(Some(_))), "the subscription ended without a result: {ended:?}");
 }
