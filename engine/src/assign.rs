@@ -22,6 +22,9 @@ pub(crate) async fn run(engine: Engine, shutdown: CancellationToken) {
         let woken = engine.inner.assign_wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        if let Err(e) = engine.requeue_due_retries().await {
+            tracing::warn!(error = %e, "moving due retries to the queue failed");
+        }
         match engine.assign_pass().await {
             Ok(n) if n > 0 => continue, // there may be more
             Ok(_) => {}
@@ -42,6 +45,28 @@ struct Group {
 }
 
 impl Engine {
+    /// Retries whose backoff has passed go back to the queue (safe with several engine
+    /// processes: each due item is taken by one of them).
+    pub(crate) async fn requeue_due_retries(&self) -> Result<u64, EngineError> {
+        let moved = sqlx::query(
+            "WITH due AS ( \
+               DELETE FROM engine.retry_queue_item r WHERE (r.task_id, r.retry_count) IN ( \
+                 SELECT task_id, retry_count FROM engine.retry_queue_item WHERE retry_after <= now() \
+                 ORDER BY retry_after LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+               RETURNING r.task_id, r.retry_count) \
+             INSERT INTO engine.queue_item (tenant_id, task_id, retry_count, action, priority, schedule_timeout_at) \
+             SELECT t.tenant_id, t.id, d.retry_count, t.action, t.priority, \
+                    now() + make_interval(secs => s.schedule_timeout_ms / 1000.0) \
+             FROM due d JOIN engine.task t ON t.id = d.task_id JOIN engine.step s ON s.id = t.step_id \
+             WHERE t.tenant_id = $1 AND t.status = 'QUEUED' AND t.retry_count = d.retry_count",
+        )
+        .bind(self.tenant_id())
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(moved)
+    }
+
     /// One pass: claims what the connected workers can take and sends it to them. Returns
     /// how many tasks it assigned.
     pub(crate) async fn assign_pass(&self) -> Result<usize, EngineError> {

@@ -140,3 +140,34 @@ async fn an_event_starts_the_workflows_listening_for_its_key(pool: PgPool) {
         sqlx::query_scalar("SELECT count(*) FROM engine.workflow_run").fetch_one(&engine.pool).await.unwrap();
     assert_eq!(runs, 1, "only the matching key started a run");
 }
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn a_retry_with_backoff_waits_then_runs(pool: PgPool) {
+    let engine = TestEngine::start(pool).await;
+    let mut t = task("backoff", "t", &[]);
+    t.retries = 1;
+    t.backoff_factor = Some(1.0);
+    t.backoff_max_seconds = Some(1);
+    engine.put_workflow("backoff", vec![t]).await;
+    let mut worker = TestWorker::start(&engine, &["backoff:t"], 1, |a| {
+        if a.retry_count == 0 { Reply::Fail("first attempt fails".into()) } else { Reply::Complete(json!({"ok": 1})) }
+    })
+    .await;
+    let run = engine.trigger("backoff", json!({}), None).await;
+    let finished = engine.wait_finished(&run).await;
+    assert_eq!(finished.results[0].output.as_deref(), Some(r#"{"ok":1}"#));
+    let attempts: Vec<i32> = (0..2).map(|_| worker.seen.try_recv().unwrap().retry_count).collect();
+    assert_eq!(attempts, vec![0, 1]);
+    let parked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM engine.retry_queue_item").fetch_one(&engine.pool).await.unwrap();
+    assert_eq!(parked, 0, "the retry left the backoff queue");
+    // The second attempt was queued only after the backoff (1 s) had passed.
+    let gap: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(created_at) FILTER (WHERE retry_count = 1) - max(created_at) FILTER (WHERE retry_count = 0))::float8 \
+         FROM engine.task_event WHERE event_type = 'ASSIGNED'",
+    )
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap();
+    assert!(gap >= 0.9, "attempt 1 was assigned {gap} s after attempt 0");
+}
