@@ -359,3 +359,49 @@ pub(crate) async fn finalize_run(tx: &mut PgConnection, run_id: Uuid) -> Result<
     .await?;
     Ok(finished)
 }
+
+impl Engine {
+    /// The worker keeps running the task but gives its slot back (a long wait inside a task).
+    pub async fn release_slot(&self, task_id: Uuid) -> Result<(), EngineError> {
+        let released: Option<(Uuid, i32)> = sqlx::query_as(
+            "WITH current AS ( \
+               SELECT rt.task_id, rt.retry_count, rt.worker_id, rt.slot_units FROM engine.task_runtime rt \
+               JOIN engine.task t ON t.id = rt.task_id AND t.retry_count = rt.retry_count \
+               WHERE rt.task_id = $1 AND t.tenant_id = $2 FOR UPDATE OF rt) \
+             UPDATE engine.task_runtime rt SET slot_units = 0 FROM current c \
+             WHERE rt.task_id = c.task_id AND rt.retry_count = c.retry_count \
+             RETURNING c.worker_id, c.slot_units",
+        )
+        .bind(task_id)
+        .bind(self.tenant_id())
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((worker_id, units)) = released else {
+            return Err(EngineError::NotFound(format!("task run {task_id} is not running")));
+        };
+        if units > 0 {
+            self.release_slots(worker_id, units);
+        }
+        Ok(())
+    }
+
+    /// Pushes the running attempt's execution deadline `by` further; returns the new deadline.
+    pub async fn refresh_timeout(
+        &self,
+        task_id: Uuid,
+        by: std::time::Duration,
+    ) -> Result<chrono::DateTime<chrono::Utc>, EngineError> {
+        let deadline: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "UPDATE engine.task_runtime rt SET timeout_at = rt.timeout_at + make_interval(secs => $3) \
+             FROM engine.task t \
+             WHERE rt.task_id = $1 AND t.id = rt.task_id AND rt.retry_count = t.retry_count AND t.tenant_id = $2 \
+             RETURNING rt.timeout_at",
+        )
+        .bind(task_id)
+        .bind(self.tenant_id())
+        .bind(by.as_secs_f64())
+        .fetch_optional(self.pool())
+        .await?;
+        deadline.ok_or_else(|| EngineError::NotFound(format!("task run {task_id} is not running")))
+    }
+}

@@ -160,16 +160,24 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
 
     async fn refresh_timeout(
         &self,
-        _request: Request<pb::RefreshTimeoutRequest>,
+        request: Request<pb::RefreshTimeoutRequest>,
     ) -> Result<Response<pb::RefreshTimeoutResponse>, Status> {
-        Err(Status::unimplemented("RefreshTimeout is not available yet"))
+        let req = request.into_inner();
+        let task_id = parse_id(&req.task_run_external_id, "task_run_external_id")?;
+        let by = sfp_protocol::duration::parse(&req.increment_timeout_by)
+            .map_err(|e| Status::invalid_argument(format!("increment_timeout_by: {e}")))?
+            .ok_or_else(|| Status::invalid_argument("increment_timeout_by is required, e.g. \"5m\""))?;
+        let deadline = self.engine.refresh_timeout(task_id, by).await?;
+        Ok(Response::new(pb::RefreshTimeoutResponse { timeout_at: Some(super::timestamp(deadline)) }))
     }
 
     async fn release_slot(
         &self,
-        _request: Request<pb::ReleaseSlotRequest>,
+        request: Request<pb::ReleaseSlotRequest>,
     ) -> Result<Response<pb::ReleaseSlotResponse>, Status> {
-        Err(Status::unimplemented("ReleaseSlot is not available yet"))
+        let task_id = parse_id(&request.get_ref().task_run_external_id, "task_run_external_id")?;
+        self.engine.release_slot(task_id).await?;
+        Ok(Response::new(pb::ReleaseSlotResponse {}))
     }
 
     async fn upsert_worker_labels(

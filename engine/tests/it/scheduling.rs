@@ -131,3 +131,93 @@ async fn stale_and_duplicate_reports_change_nothing(pool: PgPool) {
             .unwrap();
     assert_eq!(started, 1, "three STARTED reports for attempt 0 (one of them concurrent) recorded once");
 }
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn a_released_slot_goes_to_the_next_task_and_is_not_given_back_twice(pool: PgPool) {
+    let engine = TestEngine::start(pool).await;
+    engine.put_workflow("rel", vec![task("rel", "t", &[])]).await;
+    let mut worker = TestWorker::start(&engine, &["rel:t"], 1, |_| Reply::Hold).await;
+    let first = engine.trigger("rel", json!({}), None).await;
+    let a = worker.next_assignment().await;
+    assert_eq!(a.workflow_run_id, first);
+    let second = engine.trigger("rel", json!({}), None).await;
+    engine
+        .dispatcher()
+        .release_slot(pb::ReleaseSlotRequest { task_run_external_id: a.task_run_external_id.clone() })
+        .await
+        .unwrap();
+    let b = worker.next_assignment().await;
+    assert_eq!(b.workflow_run_id, second, "the released slot took the next task");
+    // Finishing the first task must not free the slot a second time.
+    report(&engine, &worker.id, &a, pb::StepActionEventType::StepEventTypeCompleted, "{}", Some(0)).await;
+    engine.wait_finished(&first).await;
+    let view: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/workers/{}", engine.rest_url, worker.id))
+        .bearer_auth(&engine.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["availableRuns"], 0, "the second task holds the only slot: {view}");
+
+    let err = engine
+        .dispatcher()
+        .release_slot(pb::ReleaseSlotRequest { task_run_external_id: a.task_run_external_id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "a finished task has no slot to release");
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn refresh_timeout_extends_the_running_attempts_deadline(pool: PgPool) {
+    let engine = TestEngine::start(pool).await;
+    engine.put_workflow("long", vec![task("long", "t", &[])]).await;
+    let mut worker = TestWorker::start(&engine, &["long:t"], 1, |_| Reply::Hold).await;
+    engine.trigger("long", json!({}), None).await;
+    let a = worker.next_assignment().await;
+    let task_id: uuid::Uuid = a.task_run_external_id.parse().unwrap();
+    let before: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT timeout_at FROM engine.task_runtime WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+    let answer = engine
+        .dispatcher()
+        .refresh_timeout(pb::RefreshTimeoutRequest {
+            task_run_external_id: a.task_run_external_id.clone(),
+            increment_timeout_by: "10m".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let after: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT timeout_at FROM engine.task_runtime WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+    assert_eq!((after - before).num_seconds(), 600);
+    assert_eq!(answer.timeout_at.unwrap().seconds, after.timestamp());
+
+    let bad = engine
+        .dispatcher()
+        .refresh_timeout(pb::RefreshTimeoutRequest {
+            task_run_external_id: a.task_run_external_id,
+            increment_timeout_by: "soon".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let unknown = engine
+        .dispatcher()
+        .refresh_timeout(pb::RefreshTimeoutRequest {
+            task_run_external_id: uuid::Uuid::new_v4().to_string(),
+            increment_timeout_by: "1m".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
