@@ -215,9 +215,11 @@ impl RunStatus {
     }
 }
 
-/// A task's status maps onto the run statuses (PENDING tasks show as QUEUED).
-pub fn task_status(s: &str) -> RunStatus {
-    RunStatus::parse(s)
+impl From<String> for RunStatus {
+    /// Task statuses map onto run statuses too (PENDING tasks show as QUEUED).
+    fn from(s: String) -> Self {
+        RunStatus::parse(&s)
+    }
 }
 
 #[cfg(test)]

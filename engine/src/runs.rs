@@ -39,12 +39,13 @@ impl Trigger {
 }
 
 /// One task of a run, as the run views show it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TaskView {
     pub id: Uuid,
     pub task_number: i64,
     pub readable_id: String,
     pub action: String,
+    #[sqlx(try_from = "String")]
     pub status: RunStatus,
     pub retry_count: i32,
     pub output: Option<Value>,
@@ -56,12 +57,13 @@ pub struct TaskView {
     pub worker_id: Option<Uuid>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunView {
     pub id: Uuid,
     pub workflow_id: Uuid,
     pub workflow_version_id: Uuid,
     pub workflow_name: String,
+    #[sqlx(try_from = "String")]
     pub status: RunStatus,
     pub input: Value,
     pub additional_metadata: Value,
@@ -70,6 +72,7 @@ pub struct RunView {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    #[sqlx(skip)]
     pub tasks: Vec<TaskView>,
 }
 
@@ -141,23 +144,9 @@ impl Engine {
     }
 
     pub async fn run_view(&self, run_id: Uuid) -> Result<RunView, EngineError> {
-        type RunRow = (
-            Uuid,
-            Uuid,
-            String,
-            String,
-            Value,
-            Value,
-            Option<String>,
-            i32,
-            DateTime<Utc>,
-            Option<DateTime<Utc>>,
-            Option<DateTime<Utc>>,
-            Uuid,
-        );
-        let row: Option<RunRow> = sqlx::query_as(
-            "SELECT r.workflow_id, r.workflow_version_id, w.name, r.status, r.input, r.additional_metadata, r.error, \
-                    r.priority, r.created_at, r.started_at, r.finished_at, r.id \
+        let run: Option<RunView> = sqlx::query_as(
+            "SELECT r.id, r.workflow_id, r.workflow_version_id, w.name AS workflow_name, r.status, r.input, \
+                    r.additional_metadata, r.error, r.priority, r.created_at, r.started_at, r.finished_at \
              FROM engine.workflow_run r JOIN engine.workflow w ON w.id = r.workflow_id \
              WHERE r.id = $1 AND r.tenant_id = $2",
         )
@@ -165,46 +154,8 @@ impl Engine {
         .bind(self.tenant_id())
         .fetch_optional(self.pool())
         .await?;
-        let Some((workflow_id, version_id, name, status, input, meta, error, priority, created, started, finished, id)) =
-            row
-        else {
-            return Err(EngineError::NotFound(format!("workflow run {run_id} not found")));
-        };
-        let tasks = self.task_views(run_id).await?;
-        Ok(RunView {
-            id,
-            workflow_id,
-            workflow_version_id: version_id,
-            workflow_name: name,
-            status: RunStatus::parse(&status),
-            input,
-            additional_metadata: meta,
-            error,
-            priority,
-            created_at: created,
-            started_at: started,
-            finished_at: finished,
-            tasks,
-        })
-    }
-
-    async fn task_views(&self, run_id: Uuid) -> Result<Vec<TaskView>, EngineError> {
-        type TaskRow = (
-            Uuid,
-            i64,
-            String,
-            String,
-            String,
-            i32,
-            Option<Value>,
-            Option<String>,
-            Vec<String>,
-            DateTime<Utc>,
-            Option<DateTime<Utc>>,
-            Option<DateTime<Utc>>,
-            Option<Uuid>,
-        );
-        let rows: Vec<TaskRow> = sqlx::query_as(
+        let mut run = run.ok_or_else(|| EngineError::NotFound(format!("workflow run {run_id} not found")))?;
+        run.tasks = sqlx::query_as(
             "SELECT t.id, t.task_number, t.readable_id, t.action, t.status, t.retry_count, t.output, t.error, \
                     s.parents, t.created_at, t.started_at, t.finished_at, t.worker_id \
              FROM engine.task t JOIN engine.step s ON s.id = t.step_id \
@@ -213,24 +164,7 @@ impl Engine {
         .bind(run_id)
         .fetch_all(self.pool())
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| TaskView {
-                id: r.0,
-                task_number: r.1,
-                readable_id: r.2,
-                action: r.3,
-                status: crate::model::task_status(&r.4),
-                retry_count: r.5,
-                output: r.6,
-                error: r.7,
-                parents: r.8,
-                created_at: r.9,
-                started_at: r.10,
-                finished_at: r.11,
-                worker_id: r.12,
-            })
-            .collect())
+        Ok(run)
     }
 
     /// The runs among `ids` that have finished.

@@ -35,6 +35,7 @@ pub enum Outcome {
     Stale,
 }
 
+#[derive(sqlx::FromRow)]
 struct Attempt {
     run_id: Uuid,
     readable_id: String,
@@ -195,8 +196,7 @@ async fn lock_attempt(
     task_id: Uuid,
     retry_count: Option<i32>,
 ) -> Result<Option<Attempt>, EngineError> {
-    type Row = (Uuid, String, i32, i32, i32, Option<f64>, Option<i32>, Uuid, i32);
-    let row: Option<Row> = sqlx::query_as(
+    let attempt = sqlx::query_as(
         "SELECT t.run_id, t.readable_id, rt.retry_count, t.app_retries, s.retries, s.backoff_factor, \
                 s.backoff_max_seconds, rt.worker_id, rt.slot_units \
          FROM engine.task t \
@@ -210,17 +210,7 @@ async fn lock_attempt(
     .bind(tenant)
     .fetch_optional(&mut *tx)
     .await?;
-    Ok(row.map(|r| Attempt {
-        run_id: r.0,
-        readable_id: r.1,
-        retry_count: r.2,
-        app_retries: r.3,
-        retries: r.4,
-        backoff_factor: r.5,
-        backoff_max_seconds: r.6,
-        worker_id: r.7,
-        slot_units: r.8,
-    }))
+    Ok(attempt)
 }
 
 async fn record(

@@ -55,6 +55,14 @@ impl Drop for AssignmentStream {
     }
 }
 
+/// A worker update that matched no row names the worker that does not exist.
+fn found(done: sqlx::postgres::PgQueryResult, worker_id: Uuid) -> Result<(), EngineError> {
+    if done.rows_affected() == 0 {
+        return Err(EngineError::NotFound(format!("worker {worker_id} is not registered")));
+    }
+    Ok(())
+}
+
 impl Engine {
     pub async fn register_worker(&self, reg: Registration) -> Result<Uuid, EngineError> {
         if reg.worker_name.trim().is_empty() {
@@ -137,9 +145,7 @@ impl Engine {
             .bind(self.tenant_id())
             .execute(self.pool())
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(EngineError::NotFound(format!("worker {worker_id} is not registered")));
-        }
+        found(done, worker_id)?;
         Ok(())
     }
 
@@ -150,9 +156,7 @@ impl Engine {
             .bind(self.tenant_id())
             .execute(self.pool())
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(EngineError::NotFound(format!("worker {worker_id} is not registered")));
-        }
+        found(done, worker_id)?;
         self.connected().remove(&worker_id);
         Ok(())
     }
@@ -165,9 +169,7 @@ impl Engine {
             .bind(paused)
             .execute(self.pool())
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(EngineError::NotFound(format!("worker {worker_id} not found")));
-        }
+        found(done, worker_id)?;
         if let Some(w) = self.connected().get_mut(&worker_id) {
             w.paused = paused;
         }
@@ -186,9 +188,7 @@ impl Engine {
             .bind(serde_json::to_value(labels).unwrap_or_default())
             .execute(self.pool())
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(EngineError::NotFound(format!("worker {worker_id} is not registered")));
-        }
+        found(done, worker_id)?;
         Ok(())
     }
 }

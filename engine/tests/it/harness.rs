@@ -114,6 +114,19 @@ impl TestEngine {
         event.unwrap().expect("an event")
     }
 
+    /// An authenticated GET on the engine's REST port, as JSON.
+    pub async fn rest_get(&self, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.rest_url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn details(&self, run_id: &str) -> pbv1::GetRunDetailsResponse {
         self.admin()
             .get_run_details(pbv1::GetRunDetailsRequest { external_id: run_id.into() })

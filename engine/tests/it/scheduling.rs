@@ -151,15 +151,7 @@ async fn a_released_slot_goes_to_the_next_task_and_is_not_given_back_twice(pool:
     // Finishing the first task must not free the slot a second time.
     report(&engine, &worker.id, &a, pb::StepActionEventType::StepEventTypeCompleted, "{}", Some(0)).await;
     engine.wait_finished(&first).await;
-    let view: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/workers/{}", engine.rest_url, worker.id))
-        .bearer_auth(&engine.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = engine.rest_get(&format!("/api/v1/workers/{}", worker.id)).await;
     assert_eq!(view["availableRuns"], 0, "the second task holds the only slot: {view}");
 
     let err = engine
