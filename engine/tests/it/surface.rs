@@ -100,15 +100,7 @@ async fn the_rest_run_view_has_the_shape_the_rust_sdk_parses(pool: PgPool) {
         TestWorker::start(&engine, &["shape:a", "shape:b"], 2, |a| Reply::Complete(json!({"from": a.task_name}))).await;
     let run = engine.trigger("shape", json!({"x": 1}), None).await;
     engine.wait_finished(&run).await;
-    let body: Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/stable/workflow-runs/{run}", engine.rest_url))
-        .bearer_auth(&engine.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = engine.rest_get(&format!("/api/v1/stable/workflow-runs/{run}")).await;
     let r = &body["run"];
     assert_eq!(r["status"], "COMPLETED");
     assert_eq!(r["errorMessage"], "", "always a string");
@@ -154,4 +146,72 @@ async fn shutdown_ends_open_streams_instead_of_waiting_for_them(pool: PgPool) {
     assert!(engine.shut_down().await, "the engine stopped although streams were open");
     let ended = tokio::time::timeout(PATIENCE, subscription.message()).await.expect("subscription answered");
     assert!(!matches!(ended, Ok(Some(_))), "the subscription ended without a result: {ended:?}");
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn bad_worker_event_and_bulk_requests_are_refused_by_name(pool: PgPool) {
+    let engine = TestEngine::start(pool).await;
+    let mut dispatcher = engine.dispatcher();
+    let both = pb::WorkerRegisterRequest {
+        worker_name: "w".into(),
+        actions: vec!["a:b".into()],
+        slots: Some(2),
+        slot_config: [("default".to_string(), 2)].into(),
+        ..Default::default()
+    };
+    let err = dispatcher.register(both).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("slot_config"), "{}", err.message());
+    let nameless = pb::WorkerRegisterRequest { actions: vec!["a:b".into()], ..Default::default() };
+    assert!(dispatcher.register(nameless).await.unwrap_err().message().contains("worker_name"));
+    let no_slots = pb::WorkerRegisterRequest { worker_name: "w".into(), slots: Some(0), ..Default::default() };
+    assert!(dispatcher.register(no_slots).await.unwrap_err().message().contains("slot"));
+
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let err = dispatcher
+        .heartbeat(pb::HeartbeatRequest { worker_id: unknown.clone(), heartbeat_at: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = dispatcher.listen_v2(pb::WorkerListenRequest { worker_id: unknown }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err =
+        dispatcher.heartbeat(pb::HeartbeatRequest { worker_id: "w-1".into(), heartbeat_at: None }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let err = engine
+        .events()
+        .push(pb::PushEventRequest { key: " ".into(), payload: "{}".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("key"), "{}", err.message());
+    let err = engine
+        .events()
+        .push(pb::PushEventRequest { key: "k".into(), payload: "[oops".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("payload"), "{}", err.message());
+
+    engine.put_workflow("bulk", vec![task("bulk", "t", &[])]).await;
+    let err = engine
+        .workflows()
+        .bulk_trigger_workflow(pb::BulkTriggerWorkflowRequest { workflows: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // One bad trigger in a batch rejects the whole batch: nothing half-written.
+    let good = pbv1::TriggerWorkflowRequest { name: "bulk".into(), input: "{}".into(), ..Default::default() };
+    let bad = pbv1::TriggerWorkflowRequest { name: "missing".into(), input: "{}".into(), ..Default::default() };
+    let err = engine
+        .workflows()
+        .bulk_trigger_workflow(pb::BulkTriggerWorkflowRequest { workflows: vec![good.clone(), bad] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let wrong_priority = pbv1::TriggerWorkflowRequest { priority: Some(7), ..good };
+    assert_eq!(engine.workflows().trigger_workflow(wrong_priority).await.unwrap_err().code(), Code::InvalidArgument);
+    let runs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM engine.workflow_run").fetch_one(&engine.pool).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM engine.event").fetch_one(&engine.pool).await.unwrap();
+    assert_eq!((runs, events), (0, 0), "refused requests left nothing behind");
 }
