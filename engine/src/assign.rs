@@ -165,8 +165,11 @@ impl Engine {
         .await?;
         let run_ids: Vec<Uuid> = placed.iter().map(|(c, _)| c.run_id).collect();
         sqlx::query(
+            // A run locked by a report being written already has a running task, so it is
+            // RUNNING already; skipping it avoids waiting on (and deadlocking with) reports.
             "UPDATE engine.workflow_run SET status = 'RUNNING', started_at = coalesce(started_at, now()) \
-             WHERE id = ANY($1) AND status = 'QUEUED'",
+             WHERE id IN (SELECT id FROM engine.workflow_run WHERE id = ANY($1) AND status = 'QUEUED' \
+                          ORDER BY id FOR UPDATE SKIP LOCKED)",
         )
         .bind(&run_ids)
         .execute(&mut *tx)

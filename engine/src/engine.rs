@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::EngineConfig;
+use crate::reports::{ReportReceiver, ReportSender};
 use crate::workers::ConnectedWorker;
 
 /// Errors of engine operations; the gRPC and REST layers map them to their status codes.
@@ -21,6 +22,8 @@ pub enum EngineError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -31,6 +34,10 @@ impl From<EngineError> for tonic::Status {
             EngineError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
             EngineError::NotFound(m) => tonic::Status::not_found(m),
             EngineError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            EngineError::Unavailable(m) => {
+                tracing::warn!(error = %m, "engine unavailable");
+                tonic::Status::unavailable("the engine could not record this now; try again")
+            }
             EngineError::Database(e) => {
                 tracing::error!(error = %e, "engine database error");
                 tonic::Status::unavailable("the engine's database is not available; try again")
@@ -53,13 +60,21 @@ pub(crate) struct Inner {
     pub assign_wake: Notify,
     /// Runs that reached a final status (for run subscriptions).
     pub run_finished: broadcast::Sender<Uuid>,
+    /// Runs with new task events or stream chunks (for run event streams).
+    pub run_activity: broadcast::Sender<Uuid>,
     /// Cancelled when the engine shuts down: open streams end so the servers can stop.
     pub closing: CancellationToken,
+    /// Worker reports waiting for the next group commit (`reports`).
+    pub reports: ReportSender,
+    /// The other end, taken by `serve` for the flusher.
+    pub report_queue: Mutex<Option<ReportReceiver>>,
 }
 
 impl Engine {
     pub fn new(pool: PgPool, config: EngineConfig) -> Engine {
         let (run_finished, _) = broadcast::channel(4096);
+        let (run_activity, _) = broadcast::channel(4096);
+        let (reports, report_queue) = crate::reports::channel();
         Engine {
             inner: Arc::new(Inner {
                 pool,
@@ -67,7 +82,10 @@ impl Engine {
                 workers: Mutex::new(HashMap::new()),
                 assign_wake: Notify::new(),
                 run_finished,
+                run_activity,
                 closing: CancellationToken::new(),
+                reports,
+                report_queue: Mutex::new(Some(report_queue)),
             }),
         }
     }
@@ -105,6 +123,16 @@ impl Engine {
     pub(crate) fn close_streams(&self) {
         self.inner.closing.cancel();
         self.connected().clear();
+    }
+
+    /// Wakes the event streams following these runs.
+    pub(crate) fn announce_activity(&self, run_ids: impl IntoIterator<Item = Uuid>) {
+        if self.inner.run_activity.receiver_count() == 0 {
+            return;
+        }
+        for id in run_ids {
+            let _ = self.inner.run_activity.send(id);
+        }
     }
 
     pub(crate) fn announce_finished(&self, run_ids: &[Uuid]) {

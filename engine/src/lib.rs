@@ -12,6 +12,7 @@ mod engine;
 mod events;
 pub mod grpc;
 pub mod model;
+mod reports;
 pub mod rest;
 mod runs;
 mod task_events;
@@ -39,9 +40,14 @@ pub async fn serve(
         closer.close_streams();
     });
     let assigner = tokio::spawn(assign::run(engine.clone(), shutdown.clone()));
+    let report_queue = engine.inner.report_queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let flusher = report_queue.map(|queue| tokio::spawn(reports::run(engine.clone(), queue, shutdown.clone())));
     let grpc = tokio::spawn(grpc::serve(engine.clone(), grpc_listener, shutdown.clone()));
     let rest = tokio::spawn(rest::serve(engine.clone(), http_listener, shutdown.clone()));
     let (a, g, r) = tokio::join!(assigner, grpc, rest);
+    if let Some(flusher) = flusher {
+        flusher.await?;
+    }
     a?;
     g??;
     r??;

@@ -1,13 +1,13 @@
-//! What workers report about their tasks. Every report is one transaction: the attempt's
-//! runtime row is the proof that the report is current; reports for other attempts are
-//! ignored (a late event from a timed-out or re-queued attempt changes nothing).
+//! What workers report about their tasks, and the task-level writes shared by the report
+//! path (`reports`) and the maintenance loops. The attempt's runtime row is the proof that a
+//! report is current; reports for other attempts are ignored (a late event from a timed-out
+//! or re-queued attempt changes nothing).
 
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::engine::{Engine, EngineError};
-use crate::model::retry_backoff;
 
 /// A worker's report about one attempt.
 #[derive(Debug, Clone)]
@@ -35,124 +35,29 @@ pub enum Outcome {
     Stale,
 }
 
-#[derive(sqlx::FromRow)]
-struct Attempt {
-    run_id: Uuid,
-    readable_id: String,
-    retry_count: i32,
-    app_retries: i32,
-    retries: i32,
-    backoff_factor: Option<f64>,
-    backoff_max_seconds: Option<i32>,
-    worker_id: Uuid,
-    slot_units: i32,
-}
-
 impl Engine {
-    pub async fn step_event(&self, event: StepEvent) -> Result<Outcome, EngineError> {
-        match event.kind {
-            StepEventKind::Acknowledged => Ok(Outcome::Recorded),
-            StepEventKind::Started => self.started(&event).await,
-            StepEventKind::Completed { ref payload } => {
-                let parsed =
-                    if payload.trim().is_empty() { Ok(Value::Null) } else { serde_json::from_str::<Value>(payload) };
-                match parsed {
-                    Ok(output) => self.finish(&event, Finish::Completed(output)).await,
-                    // Hatchet turns an output that is not JSON into a failure.
-                    Err(e) => {
-                        let error = format!("the task's output is not valid JSON: {e}");
-                        self.finish(&event, Finish::Failed { error, should_not_retry: true }).await
-                    }
-                }
-            }
-            StepEventKind::Failed { ref error, should_not_retry } => {
-                self.finish(&event, Finish::Failed { error: error.clone(), should_not_retry }).await
-            }
-            StepEventKind::Cancelled => self.finish(&event, Finish::Cancelled).await,
-        }
-    }
-
-    async fn started(&self, event: &StepEvent) -> Result<Outcome, EngineError> {
-        // Duplicate STARTED events (Python sends two) only refresh the same row.
-        let done = sqlx::query(
-            "INSERT INTO engine.task_event (task_id, retry_count, event_type, worker_id) \
-             SELECT t.id, t.retry_count, 'STARTED', $3 FROM engine.task t \
-             JOIN engine.task_runtime rt ON rt.task_id = t.id AND rt.retry_count = coalesce($2, t.retry_count) \
+    /// Stores a chunk a task streams (`PutStreamEvent`) and wakes the run's event streams.
+    pub async fn put_stream_chunk(
+        &self,
+        task_id: Uuid,
+        payload: &[u8],
+        event_index: Option<i64>,
+    ) -> Result<(), EngineError> {
+        let run: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO engine.task_event (task_id, retry_count, event_type, worker_id, payload, event_index) \
+             SELECT t.id, t.retry_count, 'STREAM', t.worker_id, $2, $3 FROM engine.task t \
              WHERE t.id = $1 AND t.tenant_id = $4 \
-             ON CONFLICT (task_id, retry_count) WHERE event_type = 'STARTED' DO NOTHING",
+             RETURNING (SELECT run_id FROM engine.task WHERE id = $1)",
         )
-        .bind(event.task_id)
-        .bind(event.retry_count)
-        .bind(event.worker_id)
+        .bind(task_id)
+        .bind(payload)
+        .bind(event_index)
         .bind(self.tenant_id())
-        .execute(self.pool())
+        .fetch_optional(self.pool())
         .await?;
-        Ok(if done.rows_affected() > 0 { Outcome::Recorded } else { Outcome::Stale })
-    }
-
-    async fn finish(&self, event: &StepEvent, finish: Finish) -> Result<Outcome, EngineError> {
-        let mut tx = self.pool().begin().await?;
-        let Some(attempt) = lock_attempt(&mut tx, self.tenant_id(), event.task_id, event.retry_count).await? else {
-            tx.commit().await?;
-            return Ok(Outcome::Stale);
-        };
-        sqlx::query("DELETE FROM engine.task_runtime WHERE task_id = $1 AND retry_count = $2")
-            .bind(event.task_id)
-            .bind(attempt.retry_count)
-            .execute(&mut *tx)
-            .await?;
-        let finished_run = match finish {
-            Finish::Completed(output) => {
-                record(&mut tx, event.task_id, attempt.retry_count, "COMPLETED", attempt.worker_id, "").await?;
-                sqlx::query(
-                    "UPDATE engine.task SET status = 'COMPLETED', output = $2, error = NULL, finished_at = now() WHERE id = $1",
-                )
-                .bind(event.task_id)
-                .bind(&output)
-                .execute(&mut *tx)
-                .await?;
-                release_children(&mut tx, self.tenant_id(), attempt.run_id, &attempt.readable_id).await?;
-                finalize_run(&mut tx, attempt.run_id).await?
-            }
-            Finish::Failed { error, should_not_retry } => {
-                let can_retry = !should_not_retry && attempt.app_retries < attempt.retries;
-                if can_retry {
-                    record(&mut tx, event.task_id, attempt.retry_count, "FAILED", attempt.worker_id, &error).await?;
-                    let next = attempt.retry_count + 1;
-                    let backoff =
-                        retry_backoff(attempt.backoff_factor, attempt.backoff_max_seconds, attempt.app_retries + 1);
-                    requeue(&mut tx, self.tenant_id(), event.task_id, next, backoff, &error, true).await?;
-                    None
-                } else {
-                    record(&mut tx, event.task_id, attempt.retry_count, "FAILED", attempt.worker_id, &error).await?;
-                    sqlx::query(
-                        "UPDATE engine.task SET status = 'FAILED', error = $2, finished_at = now() WHERE id = $1",
-                    )
-                    .bind(event.task_id)
-                    .bind(&error)
-                    .execute(&mut *tx)
-                    .await?;
-                    cancel_descendants(&mut tx, attempt.run_id, &attempt.readable_id, "a parent task failed").await?;
-                    finalize_run(&mut tx, attempt.run_id).await?
-                }
-            }
-            Finish::Cancelled => {
-                record(&mut tx, event.task_id, attempt.retry_count, "CANCELLED", attempt.worker_id, "").await?;
-                sqlx::query("UPDATE engine.task SET status = 'CANCELLED', finished_at = now() WHERE id = $1")
-                    .bind(event.task_id)
-                    .execute(&mut *tx)
-                    .await?;
-                cancel_descendants(&mut tx, attempt.run_id, &attempt.readable_id, "a parent task was cancelled")
-                    .await?;
-                finalize_run(&mut tx, attempt.run_id).await?
-            }
-        };
-        tx.commit().await?;
-        self.release_slots(attempt.worker_id, attempt.slot_units);
-        if let Some(run) = finished_run {
-            self.announce_finished(&[run]);
-        }
-        Ok(Outcome::Recorded)
+        let run = run.ok_or_else(|| EngineError::NotFound(format!("task run {task_id} not found")))?;
+        self.announce_activity([run]);
+        Ok(())
     }
 
     /// Stores a log line of a task.
@@ -170,8 +75,8 @@ impl Engine {
         )
         .bind(task_id)
         .bind(retry)
-        .bind(level)
-        .bind(message)
+        .bind(level.replace('\0', ""))
+        .bind(message.replace('\0', "\u{FFFD}"))
         .bind(metadata)
         .bind(self.tenant_id())
         .execute(self.pool())
@@ -181,57 +86,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-enum Finish {
-    Completed(Value),
-    Failed { error: String, should_not_retry: bool },
-    Cancelled,
-}
-
-/// Locks the task if `retry_count` (or, when absent, its current attempt) holds a runtime row.
-async fn lock_attempt(
-    tx: &mut PgConnection,
-    tenant: Uuid,
-    task_id: Uuid,
-    retry_count: Option<i32>,
-) -> Result<Option<Attempt>, EngineError> {
-    let attempt = sqlx::query_as(
-        "SELECT t.run_id, t.readable_id, rt.retry_count, t.app_retries, s.retries, s.backoff_factor, \
-                s.backoff_max_seconds, rt.worker_id, rt.slot_units \
-         FROM engine.task t \
-         JOIN engine.step s ON s.id = t.step_id \
-         JOIN engine.task_runtime rt ON rt.task_id = t.id AND rt.retry_count = coalesce($2, t.retry_count) \
-         WHERE t.id = $1 AND t.tenant_id = $3 \
-         FOR UPDATE OF t",
-    )
-    .bind(task_id)
-    .bind(retry_count)
-    .bind(tenant)
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(attempt)
-}
-
-async fn record(
-    tx: &mut PgConnection,
-    task_id: Uuid,
-    retry_count: i32,
-    kind: &str,
-    worker: Uuid,
-    message: &str,
-) -> Result<(), EngineError> {
-    sqlx::query(
-        "INSERT INTO engine.task_event (task_id, retry_count, event_type, worker_id, message) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(task_id)
-    .bind(retry_count)
-    .bind(kind)
-    .bind(worker)
-    .bind(message)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// Queues attempt `next` of a task, now or after `backoff`. `app_failure` spends one of the
@@ -283,28 +137,6 @@ pub(crate) async fn requeue(
     Ok(())
 }
 
-/// A parent completed: children waiting only for it become queued.
-async fn release_children(tx: &mut PgConnection, tenant: Uuid, run_id: Uuid, parent: &str) -> Result<(), EngineError> {
-    sqlx::query(
-        "WITH ready AS ( \
-           UPDATE engine.task c SET pending_parents = c.pending_parents - 1, \
-             status = CASE WHEN c.pending_parents = 1 THEN 'QUEUED' ELSE c.status END, \
-             queued_at = CASE WHEN c.pending_parents = 1 THEN now() ELSE c.queued_at END \
-           FROM engine.step s \
-           WHERE s.id = c.step_id AND c.run_id = $1 AND c.status = 'PENDING' AND $2 = ANY(s.parents) \
-           RETURNING c.id, c.action, c.priority, c.pending_parents, s.schedule_timeout_ms) \
-         INSERT INTO engine.queue_item (tenant_id, task_id, retry_count, action, priority, schedule_timeout_at) \
-         SELECT $3, id, 0, action, priority, now() + make_interval(secs => schedule_timeout_ms / 1000.0) \
-         FROM ready WHERE pending_parents = 0",
-    )
-    .bind(run_id)
-    .bind(parent)
-    .bind(tenant)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 /// Tasks that can never run because `task` did not complete.
 pub(crate) async fn cancel_descendants(
     tx: &mut PgConnection,
@@ -327,27 +159,6 @@ pub(crate) async fn cancel_descendants(
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-/// When every task of the run is final, the run is too: FAILED if a task failed, CANCELLED if
-/// one was cancelled, COMPLETED otherwise. Returns the run when it just finished.
-pub(crate) async fn finalize_run(tx: &mut PgConnection, run_id: Uuid) -> Result<Option<Uuid>, EngineError> {
-    let finished: Option<Uuid> = sqlx::query_scalar(
-        "WITH s AS ( \
-           SELECT count(*) FILTER (WHERE status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')) AS open, \
-                  bool_or(status = 'FAILED') AS failed, bool_or(status = 'CANCELLED') AS cancelled, \
-                  (array_agg(error ORDER BY finished_at) FILTER (WHERE status = 'FAILED'))[1] AS error \
-           FROM engine.task WHERE run_id = $1) \
-         UPDATE engine.workflow_run r SET \
-           status = CASE WHEN s.failed THEN 'FAILED' WHEN s.cancelled THEN 'CANCELLED' ELSE 'COMPLETED' END, \
-           error = s.error, finished_at = now(), started_at = coalesce(r.started_at, now()) \
-         FROM s WHERE r.id = $1 AND s.open = 0 AND r.finished_at IS NULL \
-         RETURNING r.id",
-    )
-    .bind(run_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(finished)
 }
 
 impl Engine {

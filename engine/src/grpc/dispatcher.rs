@@ -95,9 +95,22 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
 
     async fn subscribe_to_workflow_events(
         &self,
-        _request: Request<pb::SubscribeToWorkflowEventsRequest>,
+        request: Request<pb::SubscribeToWorkflowEventsRequest>,
     ) -> Result<Response<Self::SubscribeToWorkflowEventsStream>, Status> {
-        Err(Status::unimplemented("workflow event streams are not available yet"))
+        let req = request.into_inner();
+        let filter = match (req.workflow_run_id.as_deref().map(str::trim), req.additional_meta_key) {
+            (Some(id), _) if !id.is_empty() => super::run_stream::Filter::Run(parse_id(id, "workflow_run_id")?),
+            (_, Some(key)) if !key.trim().is_empty() => {
+                super::run_stream::Filter::Metadata { key, value: req.additional_meta_value.unwrap_or_default() }
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "name a workflow_run_id, or an additional_meta_key and additional_meta_value",
+                ));
+            }
+        };
+        let stream = super::run_stream::open(self.engine.clone(), filter).await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type SubscribeToWorkflowRunsStream = BoxStream<pb::WorkflowRunEvent>;

@@ -60,9 +60,9 @@ impl pb::events_service_server::EventsService for EventsService {
         &self,
         request: Request<pb::PutStreamEventRequest>,
     ) -> Result<Response<pb::PutStreamEventResponse>, Status> {
-        // Accepted so that workers which stream output keep working; nothing subscribes to
-        // stream chunks yet (SubscribeToWorkflowEvents answers UNIMPLEMENTED).
-        parse_id(&request.get_ref().task_run_external_id, "task_run_external_id")?;
+        let req = request.into_inner();
+        let task_id = parse_id(&req.task_run_external_id, "task_run_external_id")?;
+        self.engine.put_stream_chunk(task_id, &req.message, req.event_index).await?;
         Ok(Response::new(pb::PutStreamEventResponse {}))
     }
 }

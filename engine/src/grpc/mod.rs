@@ -5,6 +5,7 @@
 mod admin;
 mod dispatcher;
 mod events;
+mod run_stream;
 mod subscriptions;
 mod workflows;
 

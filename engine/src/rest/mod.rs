@@ -39,6 +39,7 @@ impl From<EngineError> for RestError {
             EngineError::InvalidArgument(m) => RestError(StatusCode::BAD_REQUEST, m),
             EngineError::NotFound(m) => RestError(StatusCode::NOT_FOUND, m),
             EngineError::FailedPrecondition(m) => RestError(StatusCode::CONFLICT, m),
+            EngineError::Unavailable(m) => RestError(StatusCode::SERVICE_UNAVAILABLE, m),
             EngineError::Database(e) => {
                 tracing::error!(error = %e, "engine database error");
                 RestError(StatusCode::SERVICE_UNAVAILABLE, "the engine's database is not available".into())
@@ -51,6 +52,7 @@ pub fn router(engine: Engine) -> Router {
     let authenticated = Router::new()
         .route("/api/v1/version", get(version))
         .route("/api/v1/stable/workflow-runs/{run}", get(runs::get_run))
+        .route("/api/v1/tenants/{tenant}/workflow-runs/{run}/shape", get(runs::get_run_shape))
         .route("/api/v1/workers/{worker}", get(workers::get_worker).patch(workers::update_worker))
         .layer(axum::middleware::from_fn_with_state(engine.clone(), authenticate));
     Router::new()

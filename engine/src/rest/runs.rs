@@ -16,6 +16,101 @@ pub async fn get_run(State(engine): State<Engine>, Path(run): Path<String>) -> R
     Ok(Json(run_json(&engine, &run)))
 }
 
+/// `GET /api/v1/tenants/{tenant}/workflow-runs/{id}/shape`: Hatchet's older run view (one
+/// job run holding a step run per task), which the TypeScript SDK reads when a finished
+/// event carries no results. Step run outputs are JSON strings there.
+pub async fn get_run_shape(
+    State(engine): State<Engine>,
+    Path((tenant, run)): Path<(String, String)>,
+) -> Result<Json<Value>, RestError> {
+    let tenant_id = parse_id(&tenant, "tenant id")?;
+    if tenant_id != engine.tenant_id() {
+        return Err(RestError(axum::http::StatusCode::FORBIDDEN, format!("tenant {tenant_id} is not served here")));
+    }
+    let run_id = parse_id(&run, "workflow run id")?;
+    let run = engine.run_view(run_id).await?;
+    Ok(Json(shape_json(&engine, &run)))
+}
+
+fn shape_json(engine: &Engine, run: &RunView) -> Value {
+    let tenant = engine.tenant_id();
+    let meta = |id: uuid::Uuid, created: chrono::DateTime<chrono::Utc>, updated: chrono::DateTime<chrono::Utc>| json!({"id": id, "createdAt": created, "updatedAt": updated});
+    let updated = run.finished_at.or(run.started_at).unwrap_or(run.created_at);
+    let steps: Vec<Value> = run
+        .tasks
+        .iter()
+        .map(|t| {
+            let children: Vec<uuid::Uuid> =
+                run.tasks.iter().filter(|c| c.parents.contains(&t.readable_id)).map(|c| c.step_id).collect();
+            let parents: Vec<uuid::Uuid> =
+                run.tasks.iter().filter(|p| t.parents.contains(&p.readable_id)).map(|p| p.step_id).collect();
+            json!({
+                "metadata": meta(t.step_id, run.created_at, run.created_at),
+                "readableId": t.readable_id,
+                "tenantId": tenant,
+                "jobId": run.workflow_version_id,
+                "action": t.action,
+                "parents": parents,
+                "children": children,
+            })
+        })
+        .collect();
+    let step_runs: Vec<Value> = run
+        .tasks
+        .iter()
+        .map(|t| {
+            json!({
+                "metadata": meta(t.id, t.created_at, t.finished_at.or(t.started_at).unwrap_or(t.created_at)),
+                "tenantId": tenant,
+                "jobRunId": run.id,
+                "stepId": t.step_id,
+                "status": t.status.as_str(),
+                "output": t.output.as_ref().map(Value::to_string),
+                "error": t.error,
+                "cancelledReason": if t.status == crate::model::RunStatus::Cancelled { t.error.clone() } else { None },
+                "startedAt": t.started_at,
+                "finishedAt": t.finished_at,
+                "retryCount": t.retry_count,
+            })
+        })
+        .collect();
+    json!({
+        "metadata": meta(run.id, run.created_at, updated),
+        "tenantId": tenant,
+        "workflowVersionId": run.workflow_version_id,
+        "displayName": format!("{}-{}", run.workflow_name, &run.id.to_string()[..8]),
+        "status": run.status.as_str(),
+        "input": run.input,
+        "additionalMetadata": run.additional_metadata,
+        "error": run.error,
+        "startedAt": run.started_at,
+        "finishedAt": run.finished_at,
+        "duration": duration_ms(run.started_at, run.finished_at),
+        "workflowVersion": {
+            "metadata": meta(run.workflow_version_id, run.created_at, run.created_at),
+            "workflowId": run.workflow_id,
+            "workflow": {"metadata": meta(run.workflow_id, run.created_at, run.created_at), "name": run.workflow_name},
+        },
+        "jobRuns": [{
+            "metadata": meta(run.id, run.created_at, updated),
+            "tenantId": tenant,
+            "workflowRunId": run.id,
+            "jobId": run.workflow_version_id,
+            "status": run.status.as_str(),
+            "startedAt": run.started_at,
+            "finishedAt": run.finished_at,
+            "job": {
+                "metadata": meta(run.workflow_version_id, run.created_at, run.created_at),
+                "tenantId": tenant,
+                "versionId": run.workflow_version_id,
+                "name": run.workflow_name,
+                "steps": steps,
+            },
+            "stepRuns": step_runs,
+        }],
+    })
+}
+
 fn run_json(engine: &Engine, run: &RunView) -> Value {
     let tenant = engine.tenant_id();
     let updated = run.finished_at.or(run.started_at).unwrap_or(run.created_at);

@@ -3,4 +3,5 @@
 mod harness;
 mod runs;
 mod scheduling;
+mod streams;
 mod surface;
