@@ -6,6 +6,7 @@
 //! without handing a task out twice.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -17,23 +18,31 @@ use crate::engine::{Engine, EngineError};
 
 pub(crate) async fn run(engine: Engine, shutdown: CancellationToken) {
     let poll = engine.config().poll_interval;
+    let mut next_sweep = Instant::now();
     loop {
         // Register for a wake-up before looking, so none is lost while we work.
         let woken = engine.inner.assign_wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if let Err(e) = engine.requeue_due_retries().await {
-            tracing::warn!(error = %e, "moving due retries to the queue failed");
+        // Retries whose backoff passed: when one of ours is due, and every poll interval for
+        // those of other engine processes. Not on every pass: it is off the hot path.
+        let now = Instant::now();
+        if now >= next_sweep || engine.retry_due(now) {
+            next_sweep = now + poll;
+            if let Err(e) = engine.requeue_due_retries().await {
+                tracing::warn!(error = %e, "moving due retries to the queue failed");
+            }
         }
         match engine.assign_pass().await {
             Ok(n) if n > 0 => continue, // there may be more
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "assignment pass failed"),
         }
+        let wait = next_sweep.min(engine.next_retry_due().unwrap_or(next_sweep));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = &mut woken => {},
-            _ = tokio::time::sleep(poll) => {},
+            _ = tokio::time::sleep_until(wait.into()) => {},
         }
     }
 }
@@ -45,6 +54,31 @@ struct Group {
 }
 
 impl Engine {
+    /// Remembers that a retry queued by this process becomes due after `backoff`.
+    pub(crate) fn note_retry(&self, backoff: Duration) {
+        self.retry_alarms().push(std::cmp::Reverse(Instant::now() + backoff));
+        self.wake_assigner();
+    }
+
+    fn retry_alarms(&self) -> std::sync::MutexGuard<'_, std::collections::BinaryHeap<std::cmp::Reverse<Instant>>> {
+        self.inner.retry_due.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_retry_due(&self) -> Option<Instant> {
+        self.retry_alarms().peek().map(|r| r.0)
+    }
+
+    /// Whether a retry noted here is due; clears those notes (one sweep takes every due retry).
+    fn retry_due(&self, now: Instant) -> bool {
+        let mut alarms = self.retry_alarms();
+        let mut due = false;
+        while alarms.peek().is_some_and(|r| r.0 <= now) {
+            alarms.pop();
+            due = true;
+        }
+        due
+    }
+
     /// Retries whose backoff has passed go back to the queue (safe with several engine
     /// processes: each due item is taken by one of them).
     pub(crate) async fn requeue_due_retries(&self) -> Result<u64, EngineError> {
@@ -143,44 +177,31 @@ impl Engine {
         let workers: Vec<Uuid> = placed.iter().map(|(_, w)| *w).collect();
         let units: Vec<i32> = placed.iter().map(|(c, _)| c.slot_units).collect();
         let timeouts: Vec<i64> = placed.iter().map(|(c, _)| c.timeout_ms).collect();
+        let run_ids: Vec<Uuid> = placed.iter().map(|(c, _)| c.run_id).collect();
+        // One statement for every write of the assignment: runtime rows (the proof that a
+        // later report is current), task and run status, the ASSIGNED events.
         sqlx::query(
-            "INSERT INTO engine.task_runtime (task_id, retry_count, worker_id, slot_units, timeout_at) \
-             SELECT t, r, w, u, now() + make_interval(secs => ms / 1000.0) \
-             FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::int[], $5::bigint[]) AS x(t, r, w, u, ms)",
+            "WITH x AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::int[], $5::bigint[]) \
+                          AS x(t, r, w, u, ms)), \
+             runtime AS ( \
+               INSERT INTO engine.task_runtime (task_id, retry_count, worker_id, slot_units, timeout_at) \
+               SELECT t, r, w, u, now() + make_interval(secs => ms / 1000.0) FROM x), \
+             tasks AS ( \
+               UPDATE engine.task k SET status = 'RUNNING', worker_id = x.w, started_at = coalesce(k.started_at, now()) \
+               FROM x WHERE k.id = x.t), \
+             events AS ( \
+               INSERT INTO engine.task_event (task_id, retry_count, event_type, worker_id) \
+               SELECT t, r, 'ASSIGNED', w FROM x) \
+             UPDATE engine.workflow_run SET status = 'RUNNING', started_at = coalesce(started_at, now()) \
+             WHERE id IN (SELECT id FROM engine.workflow_run WHERE id = ANY($6) AND status = 'QUEUED' \
+                          ORDER BY id FOR UPDATE SKIP LOCKED)",
         )
         .bind(&task_ids)
         .bind(&retries)
         .bind(&workers)
         .bind(&units)
         .bind(&timeouts)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE engine.task t SET status = 'RUNNING', worker_id = x.w, started_at = coalesce(t.started_at, now()) \
-             FROM unnest($1::uuid[], $2::uuid[]) AS x(id, w) WHERE t.id = x.id",
-        )
-        .bind(&task_ids)
-        .bind(&workers)
-        .execute(&mut *tx)
-        .await?;
-        let run_ids: Vec<Uuid> = placed.iter().map(|(c, _)| c.run_id).collect();
-        sqlx::query(
-            // A run locked by a report being written already has a running task, so it is
-            // RUNNING already; skipping it avoids waiting on (and deadlocking with) reports.
-            "UPDATE engine.workflow_run SET status = 'RUNNING', started_at = coalesce(started_at, now()) \
-             WHERE id IN (SELECT id FROM engine.workflow_run WHERE id = ANY($1) AND status = 'QUEUED' \
-                          ORDER BY id FOR UPDATE SKIP LOCKED)",
-        )
         .bind(&run_ids)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO engine.task_event (task_id, retry_count, event_type, worker_id) \
-             SELECT t, r, 'ASSIGNED', w FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS x(t, r, w)",
-        )
-        .bind(&task_ids)
-        .bind(&retries)
-        .bind(&workers)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     pub run_activity: broadcast::Sender<Uuid>,
     /// Cancelled when the engine shuts down: open streams end so the servers can stop.
     pub closing: CancellationToken,
+    /// When the earliest retry queued by this process becomes due (the assigner's alarm).
+    pub retry_due: Mutex<std::collections::BinaryHeap<std::cmp::Reverse<std::time::Instant>>>,
     /// Worker reports waiting for the next group commit (`reports`).
     pub reports: ReportSender,
     /// The other end, taken by `serve` for the flusher.
@@ -84,6 +86,7 @@ impl Engine {
                 run_finished,
                 run_activity,
                 closing: CancellationToken::new(),
+                retry_due: Mutex::new(std::collections::BinaryHeap::new()),
                 reports,
                 report_queue: Mutex::new(Some(report_queue)),
             }),

@@ -148,6 +148,7 @@ impl Engine {
             .collect();
         let mut finished_runs = Vec::new();
         let mut freed: Vec<(Uuid, i32)> = Vec::new();
+        let mut retry_alarms = Vec::new();
         if !finishes.is_empty() {
             let ids: Vec<Uuid> = finishes.iter().map(|(i, _)| events[*i].task_id).collect();
             let retries: Vec<Option<i32>> = finishes.iter().map(|(i, _)| events[*i].retry_count).collect();
@@ -160,12 +161,16 @@ impl Engine {
                 active_runs.insert(attempt.run_id);
                 done.add(attempt, finish);
             }
+            retry_alarms.extend(done.retried.iter().filter_map(|(_, _, backoff, _)| *backoff));
             finished_runs = done.write(&mut tx, self.tenant_id()).await?;
         }
         tx.commit().await?;
 
         for (worker, units) in freed {
             self.release_slots(worker, units);
+        }
+        for backoff in retry_alarms.into_iter().filter(|b| !b.is_zero()) {
+            self.note_retry(backoff);
         }
         if !finished_runs.is_empty() {
             self.announce_finished(&finished_runs);
@@ -234,31 +239,24 @@ struct Attempt {
     slot_units: i32,
 }
 
-/// Locks the runs, then the tasks, whose attempt named by the report (or, without a retry
-/// count, the current one) holds a runtime row. Tasks without one are stale reports.
+/// Locks the runs and tasks whose attempt named by the report (or, without a retry count,
+/// the current one) holds a runtime row, in run order then task order. Tasks without one
+/// are stale reports.
 async fn lock_attempts(
     tx: &mut sqlx::PgConnection,
     tenant: Uuid,
     ids: &[Uuid],
     retries: &[Option<i32>],
 ) -> Result<HashMap<Uuid, Attempt>, EngineError> {
-    sqlx::query(
-        "SELECT r.id FROM engine.workflow_run r \
-         WHERE r.id IN (SELECT run_id FROM engine.task WHERE id = ANY($1) AND tenant_id = $2) \
-         ORDER BY r.id FOR UPDATE OF r",
-    )
-    .bind(ids)
-    .bind(tenant)
-    .execute(&mut *tx)
-    .await?;
     let attempts: Vec<Attempt> = sqlx::query_as(
         "SELECT t.id AS task_id, t.run_id, t.readable_id, rt.retry_count, t.app_retries, s.retries, \
                 s.backoff_factor, s.backoff_max_seconds, rt.worker_id, rt.slot_units \
          FROM unnest($1::uuid[], $2::int[]) AS x(id, r) \
          JOIN engine.task t ON t.id = x.id AND t.tenant_id = $3 \
+         JOIN engine.workflow_run wr ON wr.id = t.run_id \
          JOIN engine.step s ON s.id = t.step_id \
          JOIN engine.task_runtime rt ON rt.task_id = t.id AND rt.retry_count = coalesce(x.r, t.retry_count) \
-         ORDER BY t.id FOR UPDATE OF t",
+         ORDER BY t.run_id, t.id FOR UPDATE OF wr, t",
     )
     .bind(ids)
     .bind(retries)
@@ -336,36 +334,48 @@ impl Done {
         if self.ended_tasks.is_empty() {
             return Ok(Vec::new());
         }
+        // The attempts end (runtime rows go, events are recorded), completed tasks keep
+        // their output, and children whose parents have all completed are queued: one
+        // statement, since none of its parts reads what another writes.
         sqlx::query(
-            "DELETE FROM engine.task_runtime rt USING unnest($1::uuid[], $2::int[]) AS x(t, r) \
-             WHERE rt.task_id = x.t AND rt.retry_count = x.r",
-        )
-        .bind(&self.ended_tasks)
-        .bind(&self.ended_retries)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO engine.task_event (task_id, retry_count, event_type, worker_id, message) \
-             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::uuid[], $5::text[])",
+            "WITH ended AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::uuid[], $5::text[]) \
+                              AS x(t, r, k, w, m)), \
+             gone AS ( \
+               DELETE FROM engine.task_runtime rt USING ended x WHERE rt.task_id = x.t AND rt.retry_count = x.r), \
+             recorded AS ( \
+               INSERT INTO engine.task_event (task_id, retry_count, event_type, worker_id, message) \
+               SELECT t, r, k, w, m FROM ended), \
+             completed AS ( \
+               UPDATE engine.task t SET status = 'COMPLETED', output = x.o::jsonb, error = NULL, finished_at = now() \
+               FROM unnest($6::uuid[], $7::text[]) AS x(id, o) WHERE t.id = x.id), \
+             done AS (SELECT * FROM unnest($8::uuid[], $9::text[]) AS d(run_id, parent)), \
+             hits AS ( \
+               SELECT c.id, count(*)::int AS n FROM done d \
+               JOIN engine.task c ON c.run_id = d.run_id AND c.status = 'PENDING' \
+               JOIN engine.step s ON s.id = c.step_id AND d.parent = ANY(s.parents) \
+               GROUP BY c.id), \
+             ready AS ( \
+               UPDATE engine.task c SET pending_parents = c.pending_parents - h.n, \
+                 status = CASE WHEN c.pending_parents <= h.n THEN 'QUEUED' ELSE c.status END, \
+                 queued_at = CASE WHEN c.pending_parents <= h.n THEN now() ELSE c.queued_at END \
+               FROM hits h WHERE c.id = h.id \
+               RETURNING c.id, c.action, c.priority, c.status, c.step_id) \
+             INSERT INTO engine.queue_item (tenant_id, task_id, retry_count, action, priority, schedule_timeout_at) \
+             SELECT $10, r.id, 0, r.action, r.priority, now() + make_interval(secs => s.schedule_timeout_ms / 1000.0) \
+             FROM ready r JOIN engine.step s ON s.id = r.step_id WHERE r.status = 'QUEUED'",
         )
         .bind(&self.ended_tasks)
         .bind(&self.ended_retries)
         .bind(&self.ended_kinds)
         .bind(&self.ended_workers)
         .bind(&self.ended_messages)
+        .bind(&self.completed_ids)
+        .bind(&self.completed_outputs)
+        .bind(&self.completed_runs)
+        .bind(&self.completed_names)
+        .bind(tenant)
         .execute(&mut *tx)
         .await?;
-        if !self.completed_ids.is_empty() {
-            sqlx::query(
-                "UPDATE engine.task t SET status = 'COMPLETED', output = x.o::jsonb, error = NULL, finished_at = now() \
-                 FROM unnest($1::uuid[], $2::text[]) AS x(id, o) WHERE t.id = x.id",
-            )
-            .bind(&self.completed_ids)
-            .bind(&self.completed_outputs)
-            .execute(&mut *tx)
-            .await?;
-            release_children(tx, tenant, &self.completed_runs, &self.completed_names).await?;
-        }
         for (task_id, next, backoff, error) in &self.retried {
             requeue(tx, tenant, *task_id, *next, *backoff, error, true).await?;
         }
@@ -385,38 +395,6 @@ impl Done {
         }
         finalize_runs(tx, &self.runs).await
     }
-}
-
-/// Parents completed: children waiting only for completed parents become queued.
-async fn release_children(
-    tx: &mut sqlx::PgConnection,
-    tenant: Uuid,
-    runs: &[Uuid],
-    parents: &[String],
-) -> Result<(), EngineError> {
-    sqlx::query(
-        "WITH done AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS d(run_id, parent)), \
-         hits AS ( \
-           SELECT c.id, count(*)::int AS n FROM done d \
-           JOIN engine.task c ON c.run_id = d.run_id AND c.status = 'PENDING' \
-           JOIN engine.step s ON s.id = c.step_id AND d.parent = ANY(s.parents) \
-           GROUP BY c.id), \
-         ready AS ( \
-           UPDATE engine.task c SET pending_parents = c.pending_parents - h.n, \
-             status = CASE WHEN c.pending_parents <= h.n THEN 'QUEUED' ELSE c.status END, \
-             queued_at = CASE WHEN c.pending_parents <= h.n THEN now() ELSE c.queued_at END \
-           FROM hits h WHERE c.id = h.id \
-           RETURNING c.id, c.action, c.priority, c.status, c.step_id) \
-         INSERT INTO engine.queue_item (tenant_id, task_id, retry_count, action, priority, schedule_timeout_at) \
-         SELECT $3, r.id, 0, r.action, r.priority, now() + make_interval(secs => s.schedule_timeout_ms / 1000.0) \
-         FROM ready r JOIN engine.step s ON s.id = r.step_id WHERE r.status = 'QUEUED'",
-    )
-    .bind(runs)
-    .bind(parents)
-    .bind(tenant)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// Runs among `runs` whose every task is final become final too: FAILED if a task failed,

@@ -1,8 +1,6 @@
 //! Runs: triggering (a run, its tasks and the first queue items in one transaction), their
 //! details, and the results subscribers receive when a run finishes.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -63,11 +61,10 @@ pub struct TaskView {
 /// The columns of the runs one trigger call inserts.
 struct RunRows {
     ids: Vec<Uuid>,
-    workflows: Vec<Uuid>,
-    versions: Vec<Uuid>,
+    names: Vec<String>,
     inputs: Vec<String>,
     metadata: Vec<String>,
-    priorities: Vec<i32>,
+    priorities: Vec<Option<i32>>,
     parent_tasks: Vec<Option<Uuid>>,
     child_indexes: Vec<Option<i32>>,
     child_keys: Vec<Option<String>>,
@@ -79,8 +76,7 @@ impl RunRows {
     fn with_capacity(n: usize) -> Self {
         RunRows {
             ids: Vec::with_capacity(n),
-            workflows: Vec::with_capacity(n),
-            versions: Vec::with_capacity(n),
+            names: Vec::with_capacity(n),
             inputs: Vec::with_capacity(n),
             metadata: Vec::with_capacity(n),
             priorities: Vec::with_capacity(n),
@@ -117,10 +113,11 @@ impl Engine {
         Ok(self.trigger_many(vec![trigger]).await?.remove(0))
     }
 
-    /// Starts several runs in one transaction: all of them or none. Set-based: a bulk of
-    /// any size is three statements (runs, tasks, first queue items) and one commit.
+    /// Starts several runs atomically: all of them or none. One statement (and one commit)
+    /// whatever the number of runs: it resolves each workflow's latest version, inserts the
+    /// runs, their tasks and the first queue items. A name that matches no workflow leaves a
+    /// run without a workflow, which the NOT NULL constraint refuses, so nothing is written.
     pub async fn trigger_many(&self, triggers: Vec<Trigger>) -> Result<Vec<Uuid>, EngineError> {
-        let mut versions: HashMap<String, (Uuid, Uuid, i32)> = HashMap::new();
         for t in &triggers {
             if let Some(p) = t.priority
                 && !(MIN_PRIORITY..=MAX_PRIORITY).contains(&p)
@@ -129,39 +126,54 @@ impl Engine {
                     "priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, not {p}"
                 )));
             }
-            if !versions.contains_key(&t.workflow) {
-                let version = self.latest_version(&t.workflow).await?;
-                versions.insert(t.workflow.clone(), version);
-            }
         }
-        let n = triggers.len();
-        let mut rows = RunRows::with_capacity(n);
+        let names: Vec<String> = triggers.iter().map(|t| t.workflow.clone()).collect();
+        let mut rows = RunRows::with_capacity(triggers.len());
         for t in triggers {
-            let (workflow_id, version_id, default_priority) = versions[&t.workflow];
             rows.ids.push(Uuid::now_v7());
-            rows.workflows.push(workflow_id);
-            rows.versions.push(version_id);
+            rows.names.push(t.workflow);
             rows.inputs.push(t.input.to_string());
             rows.metadata.push(t.additional_metadata.to_string());
-            rows.priorities.push(t.priority.unwrap_or(default_priority));
+            rows.priorities.push(t.priority);
             rows.parent_tasks.push(t.parent_task_id);
             rows.child_indexes.push(t.child_index);
             rows.child_keys.push(t.child_key);
             rows.triggered_by.push(t.triggered_by.to_owned());
             rows.event_ids.push(t.event_id);
         }
-        let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO engine.workflow_run (id, tenant_id, workflow_id, workflow_version_id, input, \
-               additional_metadata, priority, parent_task_id, child_index, child_key, triggered_by, event_id) \
-             SELECT x.id, $1, x.w, x.v, x.i::jsonb, x.m::jsonb, x.p, x.pt, x.ci, x.ck, x.tb, x.e \
-             FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::uuid[], \
-                         $9::int[], $10::text[], $11::text[], $12::uuid[]) AS x(id, w, v, i, m, p, pt, ci, ck, tb, e)",
+        let inserted = sqlx::query(
+            "WITH x AS ( \
+               SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::uuid[], \
+                                    $8::int[], $9::text[], $10::text[], $11::uuid[]) \
+                 WITH ORDINALITY AS x(id, name, i, m, p, pt, ci, ck, tb, e, ord)), \
+             v AS ( \
+               SELECT x.*, w.id AS workflow_id, lv.id AS version_id, coalesce(x.p, lv.default_priority) AS priority \
+               FROM x LEFT JOIN engine.workflow w ON w.tenant_id = $1 AND w.name = x.name \
+               LEFT JOIN LATERAL (SELECT id, default_priority FROM engine.workflow_version \
+                                  WHERE workflow_id = w.id ORDER BY version_order DESC LIMIT 1) lv ON true), \
+             runs AS ( \
+               INSERT INTO engine.workflow_run (id, tenant_id, workflow_id, workflow_version_id, input, \
+                 additional_metadata, priority, parent_task_id, child_index, child_key, triggered_by, event_id) \
+               SELECT v.id, $1, v.workflow_id, v.version_id, v.i::jsonb, v.m::jsonb, coalesce(v.priority, 1), \
+                      v.pt, v.ci, v.ck, v.tb, v.e FROM v \
+               RETURNING id), \
+             tasks AS ( \
+               INSERT INTO engine.task (id, tenant_id, run_id, step_id, readable_id, action, status, \
+                                        pending_parents, priority, queued_at) \
+               SELECT gen_random_uuid(), $1, v.id, s.id, s.readable_id, s.action, \
+                      CASE WHEN cardinality(s.parents) = 0 THEN 'QUEUED' ELSE 'PENDING' END, \
+                      cardinality(s.parents), v.priority, \
+                      CASE WHEN cardinality(s.parents) = 0 THEN now() END \
+               FROM v JOIN engine.step s ON s.workflow_version_id = v.version_id \
+               ORDER BY v.ord, s.readable_id \
+               RETURNING id, action, status, step_id, priority, task_number) \
+             INSERT INTO engine.queue_item (tenant_id, task_id, retry_count, action, priority, schedule_timeout_at) \
+             SELECT $1, t.id, 0, t.action, t.priority, now() + make_interval(secs => s.schedule_timeout_ms / 1000.0) \
+             FROM tasks t JOIN engine.step s ON s.id = t.step_id WHERE t.status = 'QUEUED' ORDER BY t.task_number",
         )
         .bind(self.tenant_id())
         .bind(&rows.ids)
-        .bind(&rows.workflows)
-        .bind(&rows.versions)
+        .bind(&rows.names)
         .bind(&rows.inputs)
         .bind(&rows.metadata)
         .bind(&rows.priorities)
@@ -170,33 +182,19 @@ impl Engine {
         .bind(&rows.child_keys)
         .bind(&rows.triggered_by)
         .bind(&rows.event_ids)
-        .execute(&mut *tx)
-        .await?;
-        // Every task of each run's version; roots are queued at once (in trigger order, so
-        // first in is first out), the rest wait for their parents.
-        sqlx::query(
-            "WITH tasks AS ( \
-               INSERT INTO engine.task (id, tenant_id, run_id, step_id, readable_id, action, status, \
-                                        pending_parents, priority, queued_at) \
-               SELECT gen_random_uuid(), $1, x.run, s.id, s.readable_id, s.action, \
-                      CASE WHEN cardinality(s.parents) = 0 THEN 'QUEUED' ELSE 'PENDING' END, \
-                      cardinality(s.parents), x.p, \
-                      CASE WHEN cardinality(s.parents) = 0 THEN now() END \
-               FROM unnest($2::uuid[], $3::uuid[], $4::int[]) WITH ORDINALITY AS x(run, v, p, ord) \
-               JOIN engine.step s ON s.workflow_version_id = x.v \
-               ORDER BY x.ord, s.readable_id \
-               RETURNING id, action, status, step_id, priority, task_number) \
-             INSERT INTO engine.queue_item (tenant_id, task_id, retry_count, action, priority, schedule_timeout_at) \
-             SELECT $1, t.id, 0, t.action, t.priority, now() + make_interval(secs => s.schedule_timeout_ms / 1000.0) \
-             FROM tasks t JOIN engine.step s ON s.id = t.step_id WHERE t.status = 'QUEUED' ORDER BY t.task_number",
-        )
-        .bind(self.tenant_id())
-        .bind(&rows.ids)
-        .bind(&rows.versions)
-        .bind(&rows.priorities)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .execute(self.pool())
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23502") => {
+                // Which name matched nothing (nothing was written).
+                for name in names {
+                    self.latest_version(&name).await?;
+                }
+                return Err(EngineError::Database(sqlx::Error::Database(e)));
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.wake_assigner();
         Ok(rows.ids)
     }
