@@ -6,6 +6,7 @@
 //! without handing a task out twice.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,6 +20,7 @@ use crate::engine::{Engine, EngineError};
 pub(crate) async fn run(engine: Engine, shutdown: CancellationToken) {
     let poll = engine.config().poll_interval;
     let mut next_sweep = Instant::now();
+    let mut next_poll = Instant::now();
     loop {
         // Register for a wake-up before looking, so none is lost while we work.
         let woken = engine.inner.assign_wake.notified();
@@ -29,22 +31,43 @@ pub(crate) async fn run(engine: Engine, shutdown: CancellationToken) {
         let now = Instant::now();
         if now >= next_sweep || engine.retry_due(now) {
             next_sweep = now + poll;
-            if let Err(e) = engine.requeue_due_retries().await {
-                tracing::warn!(error = %e, "moving due retries to the queue failed");
+            match engine.requeue_due_retries().await {
+                Ok(moved) if moved > 0 => engine.inner.work_waiting.store(true, Ordering::SeqCst),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "moving due retries to the queue failed"),
             }
         }
-        match engine.assign_pass().await {
-            Ok(n) if n > 0 => continue, // there may be more
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "assignment pass failed"),
+        // A pass when work may be waiting, and every poll interval for work queued by
+        // other engine processes.
+        let waiting = engine.inner.work_waiting.swap(false, Ordering::SeqCst);
+        if waiting || now >= next_poll {
+            next_poll = now + poll;
+            match engine.assign_pass().await {
+                Ok(Pass { more: true, .. }) => {
+                    engine.inner.work_waiting.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    engine.inner.work_waiting.store(true, Ordering::SeqCst);
+                    tracing::warn!(error = %e, "assignment pass failed");
+                }
+            }
         }
-        let wait = next_sweep.min(engine.next_retry_due().unwrap_or(next_sweep));
+        let wait = next_sweep.min(next_poll).min(engine.next_retry_due().unwrap_or(next_sweep));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = &mut woken => {},
             _ = tokio::time::sleep_until(wait.into()) => {},
         }
     }
+}
+
+/// What a pass did: how many tasks it assigned, and whether more may be waiting (a claim
+/// took as many items as it could).
+pub(crate) struct Pass {
+    pub assigned: usize,
+    pub more: bool,
 }
 
 /// Workers with the same actions share one claim.
@@ -101,20 +124,18 @@ impl Engine {
         Ok(moved)
     }
 
-    /// One pass: claims what the connected workers can take and sends it to them. Returns
-    /// how many tasks it assigned.
-    pub(crate) async fn assign_pass(&self) -> Result<usize, EngineError> {
+    /// One pass: claims what the connected workers can take and sends it to them.
+    pub(crate) async fn assign_pass(&self) -> Result<Pass, EngineError> {
         let groups = self.groups();
-        if groups.is_empty() {
-            return Ok(0);
-        }
-        let mut assigned = 0;
+        let mut pass = Pass { assigned: 0, more: false };
         for group in groups {
             let capacity: i32 = group.workers.iter().map(|(_, free)| *free).sum();
             let limit = i64::from(capacity).min(self.config().assign_batch);
-            assigned += self.assign_group(group, limit).await?;
+            let claim = self.assign_group(group, limit).await?;
+            pass.assigned += claim.assigned;
+            pass.more |= claim.more;
         }
-        Ok(assigned)
+        Ok(pass)
     }
 
     fn groups(&self) -> Vec<Group> {
@@ -131,15 +152,20 @@ impl Engine {
         by_actions.into_iter().map(|(actions, workers)| Group { actions, workers }).collect()
     }
 
-    async fn assign_group(&self, mut group: Group, limit: i64) -> Result<usize, EngineError> {
+    async fn assign_group(&self, mut group: Group, limit: i64) -> Result<Pass, EngineError> {
         if limit <= 0 {
-            return Ok(0);
+            return Ok(Pass { assigned: 0, more: false });
         }
         let mut tx = self.pool().begin().await?;
         let claimed = claim(&mut tx, self.tenant_id(), &group.actions, limit).await?;
         if claimed.is_empty() {
             tx.commit().await?;
-            return Ok(0);
+            return Ok(Pass { assigned: 0, more: false });
+        }
+        let full = claimed.len() as i64 >= limit;
+        if full {
+            // Probably more in the queue than the workers could take now.
+            self.inner.needs_capacity.store(true, Ordering::SeqCst);
         }
         // Place each claimed item on the worker with the most free slots that fits it.
         let mut placed: Vec<(ClaimRow, Uuid)> = Vec::with_capacity(claimed.len());
@@ -168,10 +194,15 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         }
+        if !unplaced.is_empty() {
+            // Some items need more free slots than any worker has: a release brings them.
+            self.inner.needs_capacity.store(true, Ordering::SeqCst);
+        }
         if placed.is_empty() {
             tx.commit().await?;
-            return Ok(0);
+            return Ok(Pass { assigned: 0, more: false });
         }
+        let more = full;
         let task_ids: Vec<Uuid> = placed.iter().map(|(c, _)| c.task_id).collect();
         let retries: Vec<i32> = placed.iter().map(|(c, _)| c.retry_count).collect();
         let workers: Vec<Uuid> = placed.iter().map(|(_, w)| *w).collect();
@@ -225,7 +256,7 @@ impl Engine {
                 }
             }
         }
-        Ok(count)
+        Ok(Pass { assigned: count, more })
     }
 }
 

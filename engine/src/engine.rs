@@ -58,6 +58,11 @@ pub(crate) struct Inner {
     pub workers: Mutex<HashMap<Uuid, ConnectedWorker>>,
     /// Wakes the assigner: new queue items, freed slots, new streams.
     pub assign_wake: Notify,
+    /// Whether queue items may be waiting that this process could assign: set by whatever
+    /// queues work or makes it assignable, cleared by a pass that drained what it could see.
+    pub work_waiting: std::sync::atomic::AtomicBool,
+    /// Whether queued work is waiting for free slots: the next release wakes the assigner.
+    pub needs_capacity: std::sync::atomic::AtomicBool,
     /// Runs that reached a final status (for run subscriptions).
     pub run_finished: broadcast::Sender<Uuid>,
     /// Runs with new task events or stream chunks (for run event streams).
@@ -83,6 +88,8 @@ impl Engine {
                 config,
                 workers: Mutex::new(HashMap::new()),
                 assign_wake: Notify::new(),
+                work_waiting: std::sync::atomic::AtomicBool::new(true),
+                needs_capacity: std::sync::atomic::AtomicBool::new(false),
                 run_finished,
                 run_activity,
                 closing: CancellationToken::new(),
@@ -105,7 +112,9 @@ impl Engine {
         self.inner.config.tenant_id
     }
 
+    /// Work may be waiting (queued, or newly assignable): the assigner looks at once.
     pub(crate) fn wake_assigner(&self) {
+        self.inner.work_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
         self.inner.assign_wake.notify_one();
     }
 
@@ -118,7 +127,13 @@ impl Engine {
         if let Some(w) = self.connected().get_mut(&worker_id) {
             w.free_slots += units;
         }
-        self.wake_assigner();
+        // Freed capacity matters only when work is waiting for it; otherwise a pass would
+        // find nothing and only take time from the reports and triggers that are running.
+        if self.inner.needs_capacity.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.wake_assigner();
+        } else if self.inner.work_waiting.load(std::sync::atomic::Ordering::SeqCst) {
+            self.inner.assign_wake.notify_one();
+        }
     }
 
     /// Ends every open stream (assignments, run subscriptions): workers reconnect to

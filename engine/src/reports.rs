@@ -149,6 +149,7 @@ impl Engine {
         let mut finished_runs = Vec::new();
         let mut freed: Vec<(Uuid, i32)> = Vec::new();
         let mut retry_alarms = Vec::new();
+        let mut queued = false;
         if !finishes.is_empty() {
             let ids: Vec<Uuid> = finishes.iter().map(|(i, _)| events[*i].task_id).collect();
             let retries: Vec<Option<i32>> = finishes.iter().map(|(i, _)| events[*i].retry_count).collect();
@@ -162,12 +163,15 @@ impl Engine {
                 done.add(attempt, finish);
             }
             retry_alarms.extend(done.retried.iter().filter_map(|(_, _, backoff, _)| *backoff));
-            finished_runs = done.write(&mut tx, self.tenant_id()).await?;
+            (finished_runs, queued) = done.write(&mut tx, self.tenant_id()).await?;
         }
         tx.commit().await?;
 
         for (worker, units) in freed {
             self.release_slots(worker, units);
+        }
+        if queued {
+            self.wake_assigner();
         }
         for backoff in retry_alarms.into_iter().filter(|b| !b.is_zero()) {
             self.note_retry(backoff);
@@ -329,15 +333,15 @@ impl Done {
         }
     }
 
-    /// Writes everything; returns the runs that just finished.
-    async fn write(self, tx: &mut sqlx::PgConnection, tenant: Uuid) -> Result<Vec<Uuid>, EngineError> {
+    /// Writes everything; returns the runs that just finished and whether work was queued.
+    async fn write(self, tx: &mut sqlx::PgConnection, tenant: Uuid) -> Result<(Vec<Uuid>, bool), EngineError> {
         if self.ended_tasks.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         // The attempts end (runtime rows go, events are recorded), completed tasks keep
         // their output, and children whose parents have all completed are queued: one
         // statement, since none of its parts reads what another writes.
-        sqlx::query(
+        let released = sqlx::query(
             "WITH ended AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::uuid[], $5::text[]) \
                               AS x(t, r, k, w, m)), \
              gone AS ( \
@@ -375,7 +379,9 @@ impl Done {
         .bind(&self.completed_names)
         .bind(tenant)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        let queued = released > 0 || self.retried.iter().any(|(_, _, b, _)| b.is_none_or(|b| b.is_zero()));
         for (task_id, next, backoff, error) in &self.retried {
             requeue(tx, tenant, *task_id, *next, *backoff, error, true).await?;
         }
@@ -393,7 +399,7 @@ impl Done {
                 cancel_descendants(tx, *run, task, why).await?;
             }
         }
-        finalize_runs(tx, &self.runs).await
+        Ok((finalize_runs(tx, &self.runs).await?, queued))
     }
 }
 
