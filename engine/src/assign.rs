@@ -32,7 +32,10 @@ pub(crate) async fn run(engine: Engine, shutdown: CancellationToken) {
         if now >= next_sweep || engine.retry_due(now) {
             next_sweep = now + poll;
             match engine.requeue_due_retries().await {
-                Ok(moved) if moved > 0 => engine.inner.work_waiting.store(true, Ordering::SeqCst),
+                Ok(moved) if moved > 0 => {
+                    engine.inner.work_waiting.store(true, Ordering::SeqCst);
+                    engine.announce_queued();
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "moving due retries to the queue failed"),
             }

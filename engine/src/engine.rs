@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::config::EngineConfig;
 use crate::reports::{ReportReceiver, ReportSender};
+use crate::signals::{Signal, SignalReceiver, SignalSender};
 use crate::workers::ConnectedWorker;
 
 /// Errors of engine operations; the gRPC and REST layers map them to their status codes.
@@ -71,6 +72,11 @@ pub(crate) struct Inner {
     pub closing: CancellationToken,
     /// When the earliest retry queued by this process becomes due (the assigner's alarm).
     pub retry_due: Mutex<std::collections::BinaryHeap<std::cmp::Reverse<std::time::Instant>>>,
+    /// This process, in the signals it sends to the others.
+    pub process_id: Uuid,
+    /// Signals for other engine processes, and the other end, taken by `serve`.
+    pub signals: SignalSender,
+    pub signal_queue: Mutex<Option<SignalReceiver>>,
     /// Worker reports waiting for the next group commit (`reports`).
     pub reports: ReportSender,
     /// The other end, taken by `serve` for the flusher.
@@ -82,6 +88,7 @@ impl Engine {
         let (run_finished, _) = broadcast::channel(4096);
         let (run_activity, _) = broadcast::channel(4096);
         let (reports, report_queue) = crate::reports::channel();
+        let (signals, signal_queue) = crate::signals::channel();
         Engine {
             inner: Arc::new(Inner {
                 pool,
@@ -94,6 +101,9 @@ impl Engine {
                 run_activity,
                 closing: CancellationToken::new(),
                 retry_due: Mutex::new(std::collections::BinaryHeap::new()),
+                process_id: Uuid::new_v4(),
+                signals,
+                signal_queue: Mutex::new(Some(signal_queue)),
                 reports,
                 report_queue: Mutex::new(Some(report_queue)),
             }),
@@ -143,20 +153,35 @@ impl Engine {
         self.connected().clear();
     }
 
-    /// Wakes the event streams following these runs.
+    /// Wakes the event streams following these runs, here and in other engine processes.
     pub(crate) fn announce_activity(&self, run_ids: impl IntoIterator<Item = Uuid>) {
-        if self.inner.run_activity.receiver_count() == 0 {
+        let ids: Vec<Uuid> = run_ids.into_iter().collect();
+        if ids.is_empty() {
             return;
         }
-        for id in run_ids {
-            let _ = self.inner.run_activity.send(id);
+        if self.inner.run_activity.receiver_count() > 0 {
+            for id in &ids {
+                let _ = self.inner.run_activity.send(*id);
+            }
         }
+        self.signal(Signal::Activity(ids));
     }
 
+    /// Tells run subscribers, here and in other engine processes, that these runs finished.
     pub(crate) fn announce_finished(&self, run_ids: &[Uuid]) {
         for id in run_ids {
             let _ = self.inner.run_finished.send(*id);
         }
+        self.signal(Signal::Finished(run_ids.to_vec()));
+    }
+
+    /// Work was queued: other engine processes' assigners look too.
+    pub(crate) fn announce_queued(&self) {
+        self.signal(Signal::Queued);
+    }
+
+    fn signal(&self, signal: Signal) {
+        let _ = self.inner.signals.send(signal);
     }
 }
 

@@ -15,6 +15,7 @@ pub mod model;
 mod reports;
 pub mod rest;
 mod runs;
+mod signals;
 mod task_events;
 pub mod tenant;
 mod workers;
@@ -42,6 +43,11 @@ pub async fn serve(
     let assigner = tokio::spawn(assign::run(engine.clone(), shutdown.clone()));
     let report_queue = engine.inner.report_queue.lock().unwrap_or_else(|e| e.into_inner()).take();
     let flusher = report_queue.map(|queue| tokio::spawn(reports::run(engine.clone(), queue, shutdown.clone())));
+    let signal_queue = engine.inner.signal_queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(queue) = signal_queue {
+        tokio::spawn(signals::publish(engine.clone(), queue, shutdown.clone()));
+        tokio::spawn(signals::listen(engine.clone(), shutdown.clone()));
+    }
     let grpc = tokio::spawn(grpc::serve(engine.clone(), grpc_listener, shutdown.clone()));
     let rest = tokio::spawn(rest::serve(engine.clone(), http_listener, shutdown.clone()));
     let (a, g, r) = tokio::join!(assigner, grpc, rest);

@@ -172,6 +172,7 @@ impl Engine {
         }
         if queued {
             self.wake_assigner();
+            self.announce_queued();
         }
         for backoff in retry_alarms.into_iter().filter(|b| !b.is_zero()) {
             self.note_retry(backoff);

@@ -196,6 +196,7 @@ impl Engine {
             Err(e) => return Err(e.into()),
         }
         self.wake_assigner();
+        self.announce_queued();
         Ok(rows.ids)
     }
 

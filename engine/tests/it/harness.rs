@@ -41,6 +41,12 @@ impl Drop for TestEngine {
 
 impl TestEngine {
     pub async fn start(pool: PgPool) -> TestEngine {
+        TestEngine::start_polling(pool, Duration::from_millis(200)).await
+    }
+
+    /// An engine that looks at the queue on its own only every `poll`: anything faster
+    /// comes from a wake-up.
+    pub async fn start_polling(pool: PgPool, poll: Duration) -> TestEngine {
         let identity = sfp_engine::tenant::load_or_create(&pool).await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -48,7 +54,7 @@ impl TestEngine {
         let rest_url = format!("http://{}", http.local_addr().unwrap());
         let key = TokenKey::new(&identity.secret);
         let mut config = EngineConfig::new(identity.tenant_id, key.clone(), grpc_address.clone(), rest_url.clone());
-        config.poll_interval = Duration::from_millis(200);
+        config.poll_interval = poll;
         let token = key.mint(identity.tenant_id, &rest_url, &grpc_address, Duration::from_secs(3600)).unwrap();
         let shutdown = CancellationToken::new();
         let served = tokio::spawn(sfp_engine::serve(Engine::new(pool.clone(), config), grpc, http, shutdown.clone()));

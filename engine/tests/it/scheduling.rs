@@ -213,3 +213,22 @@ async fn refresh_timeout_extends_the_running_attempts_deadline(pool: PgPool) {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 }
+
+/// Two engine processes on one database: work triggered through one reaches a worker
+/// connected to the other at once (LISTEN/NOTIFY), long before the other's own poll.
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn work_queued_through_one_engine_wakes_the_other_engines_worker(pool: PgPool) {
+    let slow_poll = std::time::Duration::from_secs(600);
+    let here = TestEngine::start_polling(pool.clone(), slow_poll).await;
+    let there = TestEngine::start_polling(pool, slow_poll).await;
+    here.put_workflow("across", vec![task("across", "t", &[])]).await;
+    let mut worker = TestWorker::start(&here, &["across:t"], 2, |_| Reply::Complete(json!({"ok": 1}))).await;
+    // Let the first engine's assigner settle into waiting.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let run = there.trigger("across", json!({}), None).await;
+        let action = worker.next_assignment().await;
+        assert_eq!(action.workflow_run_id, run);
+        assert_eq!(there.wait_finished(&run).await.results[0].output.as_deref(), Some(r#"{"ok":1}"#));
+    }
+}
