@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     pub retry_due: Mutex<std::collections::BinaryHeap<std::cmp::Reverse<std::time::Instant>>>,
     /// This process, in the signals it sends to the others.
     pub process_id: Uuid,
+    /// Whether other engine processes share the database (then signals are published).
+    pub has_peers: std::sync::atomic::AtomicBool,
     /// Signals for other engine processes, and the other end, taken by `serve`.
     pub signals: SignalSender,
     pub signal_queue: Mutex<Option<SignalReceiver>>,
@@ -102,6 +104,7 @@ impl Engine {
                 closing: CancellationToken::new(),
                 retry_due: Mutex::new(std::collections::BinaryHeap::new()),
                 process_id: Uuid::new_v4(),
+                has_peers: std::sync::atomic::AtomicBool::new(false),
                 signals,
                 signal_queue: Mutex::new(Some(signal_queue)),
                 reports,

@@ -45,8 +45,16 @@ pub async fn serve(
     let flusher = report_queue.map(|queue| tokio::spawn(reports::run(engine.clone(), queue, shutdown.clone())));
     let signal_queue = engine.inner.signal_queue.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(queue) = signal_queue {
+        let listener = signals::subscribe(&engine)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "could not listen for other engine processes"))
+            .ok();
+        if let Err(e) = signals::announce(&engine).await {
+            tracing::warn!(error = %e, "could not register this engine process");
+        }
+        tokio::spawn(signals::listen(engine.clone(), listener, shutdown.clone()));
+        tokio::spawn(signals::keep_presence(engine.clone(), shutdown.clone()));
         tokio::spawn(signals::publish(engine.clone(), queue, shutdown.clone()));
-        tokio::spawn(signals::listen(engine.clone(), shutdown.clone()));
     }
     let grpc = tokio::spawn(grpc::serve(engine.clone(), grpc_listener, shutdown.clone()));
     let rest = tokio::spawn(rest::serve(engine.clone(), http_listener, shutdown.clone()));

@@ -7,6 +7,11 @@
 //! for it. Each process listens and wakes its own parts. Notifications are a shortcut, not
 //! the record: a process that misses one (its listener reconnecting, a publisher that died
 //! between commit and notify) finds the same state at its next poll.
+//!
+//! A NOTIFY is not free (commits that notify take a global lock), so a process publishes only
+//! while other live processes are registered in `engine.process`; each refreshes its row
+//! every few seconds. A newcomer sees the others at once; the others see it within
+//! `PRESENCE_EVERY`, and poll until then.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -19,6 +24,10 @@ use uuid::Uuid;
 use crate::engine::Engine;
 
 pub(crate) const CHANNEL: &str = "sfp_engine";
+/// How often a process refreshes its presence and looks for others.
+const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+/// A process not seen for this long is gone.
+const PRESENCE_LOST: Duration = Duration::from_secs(15);
 /// Run ids per notification (payloads must stay under 8000 bytes).
 const IDS_PER_MESSAGE: usize = 150;
 
@@ -39,7 +48,8 @@ pub(crate) fn channel() -> (SignalSender, SignalReceiver) {
     mpsc::unbounded_channel()
 }
 
-/// Messages are `<kind>:<tenant>:<process>[:<id>,<id>...]`.
+/// Messages are `<kind>:<tenant>:<process>[:<id>,<id>...]`; `h` (hello) is sent once by a
+/// process that starts.
 fn encode(signals: Vec<Signal>, tenant: Uuid, process: Uuid) -> Vec<String> {
     let mut queued = false;
     let mut finished = Vec::new();
@@ -78,6 +88,9 @@ pub(crate) async fn publish(engine: Engine, mut queue: SignalReceiver, shutdown:
         while let Ok(more) = queue.try_recv() {
             batch.push(more);
         }
+        if !engine.inner.has_peers.load(std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
         let messages = encode(batch, engine.tenant_id(), engine.inner.process_id);
         let result = sqlx::query("SELECT pg_notify($1, m) FROM unnest($2::text[]) AS m")
             .bind(CHANNEL)
@@ -91,14 +104,69 @@ pub(crate) async fn publish(engine: Engine, mut queue: SignalReceiver, shutdown:
     }
 }
 
-/// Listens for other processes' signals and wakes this one's parts; reconnects when the
-/// connection drops (the poll covers what was missed meanwhile).
-pub(crate) async fn listen(engine: Engine, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
+/// Registers this process (or refreshes its row) and notes whether others are alive.
+pub(crate) async fn refresh_presence(engine: &Engine) -> Result<(), sqlx::Error> {
+    let others: i64 = sqlx::query_scalar(
+        "WITH me AS ( \
+           INSERT INTO engine.process (id, tenant_id) VALUES ($1, $2) \
+           ON CONFLICT (id) DO UPDATE SET seen_at = now()) \
+         SELECT count(*) FROM engine.process \
+         WHERE tenant_id = $2 AND id <> $1 AND seen_at > now() - make_interval(secs => $3)",
+    )
+    .bind(engine.inner.process_id)
+    .bind(engine.tenant_id())
+    .bind(PRESENCE_LOST.as_secs_f64())
+    .fetch_one(engine.pool())
+    .await?;
+    engine.inner.has_peers.store(others > 0, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Keeps this process's presence fresh until `shutdown`, then removes it.
+pub(crate) async fn keep_presence(engine: Engine, shutdown: CancellationToken) {
     loop {
-        let mut listener = match PgListener::connect_with(engine.pool()).await {
-            Ok(mut l) => match l.listen(CHANNEL).await {
-                Ok(()) => l,
+        if wait(&shutdown, PRESENCE_EVERY).await {
+            break;
+        }
+        if let Err(e) = refresh_presence(&engine).await {
+            tracing::debug!(error = %e, "could not refresh this engine process's presence");
+        }
+    }
+    let _ = sqlx::query("DELETE FROM engine.process WHERE id = $1 OR seen_at < now() - interval '1 day'")
+        .bind(engine.inner.process_id)
+        .execute(engine.pool())
+        .await;
+}
+
+/// Starts listening; done before this process registers, so that every process that
+/// registers later reaches it with its hello.
+pub(crate) async fn subscribe(engine: &Engine) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(engine.pool()).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Registers this process and greets the others, so they publish from now on.
+pub(crate) async fn announce(engine: &Engine) -> Result<(), sqlx::Error> {
+    refresh_presence(engine).await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(format!("h:{}:{}", engine.tenant_id(), engine.inner.process_id))
+        .execute(engine.pool())
+        .await?;
+    Ok(())
+}
+
+/// Receives other processes' signals and wakes this one's parts; reconnects when the
+/// connection drops (the poll covers what was missed meanwhile).
+pub(crate) async fn listen(engine: Engine, first: Option<PgListener>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    let mut first = first;
+    loop {
+        let mut listener = match first.take() {
+            Some(l) => l,
+            None => match subscribe(&engine).await {
+                Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not listen for other engine processes");
                     if wait(&shutdown, backoff).await {
@@ -108,14 +176,6 @@ pub(crate) async fn listen(engine: Engine, shutdown: CancellationToken) {
                     continue;
                 }
             },
-            Err(e) => {
-                tracing::warn!(error = %e, "could not connect to listen for other engine processes");
-                if wait(&shutdown, backoff).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
-            }
         };
         backoff = Duration::from_millis(200);
         loop {
@@ -154,6 +214,7 @@ fn receive(engine: &Engine, payload: &str) {
         parts.next().unwrap_or_default().split(',').filter_map(|id| Uuid::parse_str(id).ok()).collect()
     };
     match kind {
+        "h" => engine.inner.has_peers.store(true, std::sync::atomic::Ordering::Relaxed),
         "q" => engine.wake_assigner(),
         "f" => {
             for id in ids() {
