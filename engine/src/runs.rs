@@ -141,59 +141,63 @@ impl Engine {
             rows.triggered_by.push(t.triggered_by.to_owned());
             rows.event_ids.push(t.event_id);
         }
-        let inserted = sqlx::query(
-            "WITH x AS ( \
-               SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::uuid[], \
-                                    $8::int[], $9::text[], $10::text[], $11::uuid[]) \
-                 WITH ORDINALITY AS x(id, name, i, m, p, pt, ci, ck, tb, e, ord)), \
-             v AS ( \
-               SELECT x.*, w.id AS workflow_id, lv.id AS version_id, coalesce(x.p, lv.default_priority) AS priority \
-               FROM x LEFT JOIN engine.workflow w ON w.tenant_id = $1 AND w.name = x.name \
-               LEFT JOIN LATERAL (SELECT id, default_priority FROM engine.workflow_version \
-                                  WHERE workflow_id = w.id ORDER BY version_order DESC LIMIT 1) lv ON true), \
-             runs AS ( \
-               INSERT INTO engine.workflow_run (id, tenant_id, workflow_id, workflow_version_id, input, \
-                 additional_metadata, priority, parent_task_id, child_index, child_key, triggered_by, event_id) \
-               SELECT v.id, $1, v.workflow_id, v.version_id, v.i::jsonb, v.m::jsonb, coalesce(v.priority, 1), \
-                      v.pt, v.ci, v.ck, v.tb, v.e FROM v \
-               RETURNING id), \
-             tasks AS ( \
-               INSERT INTO engine.task (id, tenant_id, run_id, step_id, readable_id, action, status, \
-                                        pending_parents, priority, queued_at) \
-               SELECT gen_random_uuid(), $1, v.id, s.id, s.readable_id, s.action, \
-                      CASE WHEN cardinality(s.parents) = 0 THEN 'QUEUED' ELSE 'PENDING' END, \
-                      cardinality(s.parents), v.priority, \
-                      CASE WHEN cardinality(s.parents) = 0 THEN now() END \
-               FROM v JOIN engine.step s ON s.workflow_version_id = v.version_id \
-               ORDER BY v.ord, s.readable_id \
-               RETURNING id, action, status, step_id, priority, task_number) \
-             INSERT INTO engine.queue_item (tenant_id, task_id, retry_count, action, priority, schedule_timeout_at) \
-             SELECT $1, t.id, 0, t.action, t.priority, now() + make_interval(secs => s.schedule_timeout_ms / 1000.0) \
-             FROM tasks t JOIN engine.step s ON s.id = t.step_id WHERE t.status = 'QUEUED' ORDER BY t.task_number",
-        )
-        .bind(self.tenant_id())
-        .bind(&rows.ids)
-        .bind(&rows.names)
-        .bind(&rows.inputs)
-        .bind(&rows.metadata)
-        .bind(&rows.priorities)
-        .bind(&rows.parent_tasks)
-        .bind(&rows.child_indexes)
-        .bind(&rows.child_keys)
-        .bind(&rows.triggered_by)
-        .bind(&rows.event_ids)
-        .execute(self.pool())
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23502") => {
-                // Which name matched nothing (nothing was written).
-                for name in names {
-                    self.latest_version(&name).await?;
+        // A workflow registered while the statement ran: once more, then it is known.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let inserted = sqlx::query(
+                "WITH x AS ( \
+                   SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::uuid[], \
+                                        $8::int[], $9::text[], $10::text[], $11::uuid[]) \
+                     WITH ORDINALITY AS x(id, name, i, m, p, pt, ci, ck, tb, e, ord)), \
+                 v AS ( \
+                   SELECT x.*, w.id AS workflow_id, lv.id AS version_id, coalesce(x.p, lv.default_priority) AS priority \
+                   FROM x LEFT JOIN engine.workflow w ON w.tenant_id = $1 AND w.name = x.name \
+                   LEFT JOIN LATERAL (SELECT id, default_priority FROM engine.workflow_version \
+                                      WHERE workflow_id = w.id ORDER BY version_order DESC LIMIT 1) lv ON true), \
+                 runs AS ( \
+                   INSERT INTO engine.workflow_run (id, tenant_id, workflow_id, workflow_version_id, input, \
+                     additional_metadata, priority, parent_task_id, child_index, child_key, triggered_by, event_id) \
+                   SELECT v.id, $1, v.workflow_id, v.version_id, v.i::jsonb, v.m::jsonb, coalesce(v.priority, 1), \
+                          v.pt, v.ci, v.ck, v.tb, v.e FROM v \
+                   RETURNING id), \
+                 tasks AS ( \
+                   INSERT INTO engine.task (id, tenant_id, run_id, step_id, readable_id, action, status, \
+                                            pending_parents, priority, queued_at) \
+                   SELECT gen_random_uuid(), $1, v.id, s.id, s.readable_id, s.action, \
+                          CASE WHEN cardinality(s.parents) = 0 THEN 'QUEUED' ELSE 'PENDING' END, \
+                          cardinality(s.parents), v.priority, \
+                          CASE WHEN cardinality(s.parents) = 0 THEN now() END \
+                   FROM v JOIN engine.step s ON s.workflow_version_id = v.version_id \
+                   ORDER BY v.ord, s.readable_id \
+                   RETURNING id, action, status, step_id, priority, task_number) \
+                 INSERT INTO engine.queue_item (tenant_id, task_id, retry_count, action, priority, schedule_timeout_at) \
+                 SELECT $1, t.id, 0, t.action, t.priority, now() + make_interval(secs => s.schedule_timeout_ms / 1000.0) \
+                 FROM tasks t JOIN engine.step s ON s.id = t.step_id WHERE t.status = 'QUEUED' ORDER BY t.task_number",
+            )
+            .bind(self.tenant_id())
+            .bind(&rows.ids)
+            .bind(&rows.names)
+            .bind(&rows.inputs)
+            .bind(&rows.metadata)
+            .bind(&rows.priorities)
+            .bind(&rows.parent_tasks)
+            .bind(&rows.child_indexes)
+            .bind(&rows.child_keys)
+            .bind(&rows.triggered_by)
+            .bind(&rows.event_ids)
+            .execute(self.pool())
+            .await;
+            match inserted {
+                Ok(_) => break,
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23502") && attempt < 3 => {
+                    // Which name matched nothing (nothing was written).
+                    for name in &names {
+                        self.latest_version(name).await?;
+                    }
                 }
-                return Err(EngineError::Database(sqlx::Error::Database(e)));
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
         self.wake_assigner();
         self.announce_queued();

@@ -86,19 +86,21 @@ pub struct Sidecar {
     child: Option<std::process::Child>,
     pub handshake: serde_json::Value,
     _dir: tempfile::TempDir,
+    log: tempfile::NamedTempFile,
 }
 
 impl Sidecar {
     pub fn start(engine: &Path, database_url: &str) -> Sidecar {
         let dir = tempfile::tempdir().expect("temporary folder");
         let handshake_path = dir.path().join("handshake.json");
+        let log = tempfile::NamedTempFile::new().expect("a log file");
         let mut child = Command::new(engine)
             .args(["-handshake-file"])
             .arg(&handshake_path)
             .args(["-database-url", database_url])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().expect("the log file"))
             .spawn()
             .expect("start sfp-engine");
         let started = Instant::now();
@@ -116,7 +118,12 @@ impl Sidecar {
         };
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(leftovers.len(), 1, "only the handshake file is written there: {leftovers:?}");
-        Sidecar { child: Some(child), handshake, _dir: dir }
+        Sidecar { child: Some(child), handshake, _dir: dir, log }
+    }
+
+    /// What the engine logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     pub fn token(&self) -> &str {

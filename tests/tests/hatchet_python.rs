@@ -8,7 +8,7 @@ use std::time::Duration;
 use sfp_tests::sdk::{FreshDatabase, run_script, tool_from_env, workspace_binary};
 
 #[test]
-fn python_sdk_runs_dags_retries_failures_and_events() {
+fn python_sdk_runs_dags_retries_failures_events_and_streams() {
     let python = tool_from_env("SFP_TEST_PYTHON");
     let engine = workspace_binary("sfp-engine");
     let db = FreshDatabase::create();
@@ -28,6 +28,8 @@ fn python_sdk_runs_dags_retries_failures_and_events() {
         "ok: a task failing twice succeeds on its third attempt",
         "ok: the task's error reaches the caller",
         "ok: an event push started the workflow",
+        "ok: subscribe_to_stream yields the task's chunks",
+        "ok: the streaming task's result",
     ] {
         assert!(printed.contains(expectation), "missing {expectation:?} in:\n{printed}");
     }

@@ -18,7 +18,11 @@ fn rust_sdk_runs_dags_retries_and_failures() {
     let mut cmd = Command::new(conformance);
     cmd.env("HATCHET_CLIENT_TOKEN", sidecar.token()).env("HATCHET_CLIENT_TLS_STRATEGY", "none");
     let (ok, printed) = run_script(cmd, Duration::from_secs(240));
-    assert!(ok && printed.contains("rust conformance: all passed"), "the Rust SDK conformance failed:\n{printed}");
+    assert!(
+        ok && printed.contains("rust conformance: all passed"),
+        "the Rust SDK conformance failed:\n{printed}\nengine log:\n{}",
+        sidecar.log()
+    );
     for expectation in [
         "ok: DAG second task read its parent's output over REST",
         "ok: a task failing twice succeeds on its third attempt",

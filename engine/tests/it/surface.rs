@@ -215,3 +215,41 @@ async fn bad_worker_event_and_bulk_requests_are_refused_by_name(pool: PgPool) {
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM engine.event").fetch_one(&engine.pool).await.unwrap();
     assert_eq!((runs, events), (0, 0), "refused requests left nothing behind");
 }
+
+/// A trigger racing the registration of its workflow either starts a run or answers
+/// NOT_FOUND ("not registered", which SDKs retry), never a database error.
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn a_trigger_racing_registration_is_refused_cleanly_or_runs(pool: PgPool) {
+    let engine = TestEngine::start(pool).await;
+    for round in 0..20 {
+        let name = format!("racing-{round}");
+        let register = {
+            let name = name.clone();
+            let mut admin = engine.admin();
+            tokio::spawn(async move {
+                let req = pbv1::CreateWorkflowVersionRequest {
+                    name: name.clone(),
+                    tasks: vec![task(&name, "t", &[])],
+                    ..Default::default()
+                };
+                admin.put_workflow(req).await.unwrap();
+            })
+        };
+        let mut started = None;
+        for _ in 0..2000 {
+            let req = pbv1::TriggerWorkflowRequest { name: name.clone(), input: "{}".into(), ..Default::default() };
+            match engine.workflows().trigger_workflow(req).await {
+                Ok(r) => {
+                    started = Some(r.into_inner().workflow_run_id);
+                    break;
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::NotFound, "round {round}: {status:?}");
+                    assert!(status.message().contains("not registered"), "{status:?}");
+                }
+            }
+        }
+        register.await.unwrap();
+        assert!(started.is_some(), "round {round}: the trigger succeeds once the workflow exists");
+    }
+}

@@ -65,8 +65,15 @@ def on_event(input: Marker, ctx: Context) -> dict:
     return {"ok": True}
 
 
+@hatchet.task(name="py-stream")
+async def streams(input: EmptyModel, ctx: Context) -> dict:
+    for i in range(3):
+        await ctx.aio_put_stream(f"chunk {i}")
+    return {"chunks": 3}
+
+
 def worker() -> None:
-    w = hatchet.worker("py-conformance", slots=4, workflows=[dag, flaky, always_fails, on_event])
+    w = hatchet.worker("py-conformance", slots=4, workflows=[dag, flaky, always_fails, on_event, streams])
     w.start()
 
 
@@ -107,6 +114,16 @@ def client() -> None:
             check(False, "a failing task raises in the caller")
         except Exception as e:  # noqa: BLE001
             check("this task always fails" in str(e), f"the task's error reaches the caller: {e}")
+
+        ref = retry_until_registered(lambda: streams.run_no_wait())
+
+        async def read_stream() -> list:
+            return [chunk async for chunk in hatchet.runs.subscribe_to_stream(ref.workflow_run_id)]
+
+        chunks = asyncio.run(asyncio.wait_for(read_stream(), timeout=60))
+        check(chunks == ["chunk 0", "chunk 1", "chunk 2"], f"subscribe_to_stream yields the task's chunks {chunks}")
+        result = ref.result()
+        check(result == {"chunks": 3}, f"the streaming task's result {result}")
 
         marker = Path(tempfile.mkdtemp()) / "event-seen.json"
         hatchet.event.push("py:event", {"marker": str(marker)})
