@@ -24,6 +24,7 @@ pub struct Config {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub engine: EngineConfig,
+    pub auth: AuthConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -36,6 +37,7 @@ impl std::fmt::Debug for Config {
             .field("log", &self.log)
             .field("admin", &self.admin)
             .field("engine", &self.engine)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -95,6 +97,50 @@ impl Default for EngineConfig {
     }
 }
 
+/// Sign-in and tokens.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// The HS256 secret of user JWTs, shared with a Supabase GoTrue that issues tokens for the
+    /// same users. Unset: one is generated at first start and kept in the data folder.
+    pub jwt_secret: Option<String>,
+    /// The `iss` claim of issued tokens.
+    pub issuer: String,
+    /// Lifetime of access tokens, in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Failed sign-ins from one client address within `login_window_secs` before it gets 429.
+    pub login_max_failures: u32,
+    pub login_window_secs: u64,
+    /// Longest lifetime of an application token, in days.
+    pub max_application_token_days: u32,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "[redacted]"))
+            .field("issuer", &self.issuer)
+            .field("access_token_ttl_secs", &self.access_token_ttl_secs)
+            .field("login_max_failures", &self.login_max_failures)
+            .field("login_window_secs", &self.login_window_secs)
+            .field("max_application_token_days", &self.max_application_token_days)
+            .finish()
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            issuer: "sfp-server".into(),
+            access_token_ttl_secs: 3600,
+            login_max_failures: 5,
+            login_window_secs: 300,
+            max_application_token_days: 365,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdminConfig {
@@ -112,6 +158,7 @@ impl Default for Config {
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             engine: EngineConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -295,8 +342,11 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_hides_the_database_url() {
-        let config = Config { database_url: Some("postgres://u:secret@h/d".into()), ..Config::default() };
-        assert!(!format!("{config:?}").contains("secret"));
+    fn debug_output_hides_the_database_url_and_the_jwt_secret() {
+        let auth = AuthConfig { jwt_secret: Some("hs256-key-value".into()), ..AuthConfig::default() };
+        let config = Config { database_url: Some("postgres://u:pw-value@h/d".into()), auth, ..Config::default() };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("pw-value"), "{printed}");
+        assert!(!printed.contains("hs256-key-value"), "{printed}");
     }
 }

@@ -5,6 +5,7 @@
 //! application on port 0.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod health;

@@ -1,8 +1,11 @@
 //! What every request handler can reach.
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
 
 use crate::api::metrics::Metrics;
+use crate::auth::AuthState;
 use crate::health::HealthChecks;
 
 #[derive(Clone)]
@@ -10,6 +13,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub metrics: Metrics,
     pub health: HealthChecks,
+    pub auth: Arc<AuthState>,
 }
 
 impl axum::extract::FromRef<AppState> for Metrics {

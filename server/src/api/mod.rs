@@ -1,14 +1,17 @@
 //! The HTTP API: routes under `/sfp/api`, `/metrics`, and the layers every request passes.
 
 pub mod error;
+mod gotrue;
 mod health;
+mod identity;
+pub mod json;
 mod layers;
 pub mod metrics;
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -20,9 +23,20 @@ use crate::state::AppState;
 /// The whole router, with its layers. Tests can drive it without a socket.
 pub fn router(state: AppState, config: &ApiConfig) -> Router {
     let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
-    let api = Router::new().route("/", get(health::health)).route("/ping", get(health::ping));
+    // Every route here needs a rule in `auth::access::RULES`; the middleware enforces it.
+    let api = Router::new()
+        .route("/", get(health::health))
+        .route("/ping", get(health::ping))
+        .route("/auth/admin/login", post(identity::admin_login))
+        .route("/auth/callback", post(identity::callback))
+        .route("/users/me", get(identity::me))
+        .route("/application-tokens", get(identity::list_tokens).post(identity::create_token))
+        .route("/application-tokens/{token}", delete(identity::revoke_token))
+        .route("/audit", get(identity::audit))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::access::authorize));
     Router::new()
         .nest("/sfp/api", api)
+        .nest("/auth/v1", gotrue::router())
         .route("/metrics", get(metrics::scrape))
         .fallback(layers::not_found)
         // Innermost first: each `layer` wraps everything above it.

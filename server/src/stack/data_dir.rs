@@ -15,6 +15,14 @@ use serde::{Deserialize, Serialize};
 const PID_FILE: &str = "sfp-server.pid";
 const RUNTIME_FILE: &str = "runtime.json";
 pub const ADMIN_CREDENTIALS_FILE: &str = "admin-credentials.json";
+pub const SECRETS_FILE: &str = "secrets.json";
+
+/// Secrets generated for this instance at first start (mode 0600).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct InstanceSecrets {
+    /// Signs user JWTs (HS256).
+    pub jwt_secret: String,
+}
 
 pub struct DataDir {
     root: PathBuf,
@@ -137,6 +145,21 @@ impl DataDir {
         let creds = AdminCredentials { email: email.to_owned(), password };
         sfp_postgres::write_private(&path, &serde_json::to_vec_pretty(&creds)?)?;
         Ok((creds, true))
+    }
+}
+
+impl DataDir {
+    /// The instance's secrets, generated once and kept (mode 0600).
+    pub fn instance_secrets(&self) -> anyhow::Result<InstanceSecrets> {
+        let path = self.path(SECRETS_FILE);
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            return serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()));
+        }
+        let jwt_secret: String = rand::rng().sample_iter(&Alphanumeric).take(64).map(char::from).collect();
+        let secrets = InstanceSecrets { jwt_secret };
+        sfp_postgres::write_private(&path, &serde_json::to_vec_pretty(&secrets)?)?;
+        Ok(secrets)
     }
 }
 

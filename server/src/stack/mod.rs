@@ -19,6 +19,8 @@ pub use status::{StackStatus, status};
 
 use crate::api;
 use crate::api::metrics::Metrics;
+use crate::auth::AuthState;
+use crate::auth::audit::AuditLog;
 use crate::config::Config;
 use crate::health::{DatabaseCheck, HealthChecks};
 use crate::state::AppState;
@@ -60,7 +62,15 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let state = AppState { pool: db.pool.clone(), metrics: Metrics::new(), health };
+    let secrets = data.instance_secrets()?;
+    let jwt_secret = config.auth.jwt_secret.clone().unwrap_or(secrets.jwt_secret);
+    let audit_stop = CancellationToken::new();
+    let (audit, audit_task) = AuditLog::start(db.pool.clone(), audit_stop.clone());
+    let auth = Arc::new(AuthState::new(jwt_secret.as_bytes(), config.auth.clone(), audit));
+    crate::auth::bootstrap_admin(&db.pool, &admin.email, &admin.password)
+        .await
+        .context("creating the administrator")?;
+    let state = AppState { pool: db.pool.clone(), metrics: Metrics::new(), health, auth };
 
     let addr = SocketAddr::new(config.api.host, config.api.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the API to {addr}"))?;
@@ -100,6 +110,8 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
             }
         },
     };
+    audit_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), audit_task).await;
     if let Some(task) = engine_task {
         match tokio::time::timeout(Duration::from_secs(30), task).await {
             Ok(Ok(Err(e))) => eprintln!("engine: stopped with an error: {e:#}"),

@@ -1,53 +1,9 @@
-use std::sync::Arc;
-
 use reqwest::StatusCode;
 use serde_json::Value;
-use sfp_server::api::error::ErrorBody;
-use sfp_server::api::metrics::Metrics;
 use sfp_server::config::ApiConfig;
-use sfp_server::health::{DatabaseCheck, HealthChecks};
-use sfp_server::{AppState, api, stack};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
-struct TestApi {
-    url: String,
-    client: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for TestApi {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-impl TestApi {
-    async fn spawn(pool: PgPool) -> TestApi {
-        Self::spawn_with(pool, ApiConfig::default()).await
-    }
-
-    async fn spawn_with(pool: PgPool, config: ApiConfig) -> TestApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = stack::base_url(listener.local_addr().unwrap());
-        let mut health = HealthChecks::default();
-        health.add(Arc::new(DatabaseCheck::new(pool.clone(), true)));
-        let state = AppState { pool, metrics: Metrics::new(), health };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(api::run(config, listener, state, shutdown.clone()));
-        TestApi { url, client: reqwest::Client::new(), shutdown }
-    }
-
-    fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client.get(format!("{}{path}", self.url))
-    }
-
-    async fn error_of(response: reqwest::Response) -> ErrorBody {
-        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
-        assert!(content_type.starts_with("application/json"), "error content type {content_type}");
-        response.json().await.expect("stable error body")
-    }
-}
+use crate::support::TestApi;
 
 #[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
 async fn ping_answers_pong(pool: PgPool) {

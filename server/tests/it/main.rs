@@ -1,5 +1,8 @@
 //! Integration tests of the server: the API against a real PostgreSQL (a fresh database per
 //! test), and the real `sfp-server` binary managing its own PostgreSQL cluster.
 
+mod access;
 mod api;
+mod auth;
 mod stack;
+mod support;

@@ -1,0 +1,200 @@
+//! Who may call what: one table with a rule for every route under `/sfp/api`, and the
+//! middleware that enforces it, identifies the caller for the handlers, and audits the call.
+//! A route without a rule is refused for everyone (and the route-table test fails), so no
+//! route is ever open by omission.
+
+use axum::RequestExt;
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::audit::AuditEntry;
+use super::{AuthError, Caller, CallerKind, Role};
+use crate::api::error::ApiError;
+use crate::state::AppState;
+
+/// What a route requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, signed in or not.
+    Public,
+    /// Any signed-in caller, whatever its role.
+    SignedIn,
+    /// One of these roles. An application token also needs its creator's role to be listed
+    /// (or the creator to be an owner): it is never more than the user who made it.
+    Roles(&'static [Role]),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub method: &'static str,
+    /// The route as registered, relative to `/sfp/api` (`""` is `/sfp/api` itself).
+    pub path: &'static str,
+    pub access: Access,
+}
+
+const OWNER: &[Role] = &[Role::Owner];
+
+const fn rule(method: &'static str, path: &'static str, access: Access) -> Rule {
+    Rule { method, path, access }
+}
+
+/// Every route of the API and who may call it.
+pub const RULES: &[Rule] = &[
+    rule("GET", "", Access::Public),
+    rule("GET", "/ping", Access::Public),
+    rule("POST", "/auth/admin/login", Access::Public),
+    rule("POST", "/auth/callback", Access::Public),
+    rule("GET", "/users/me", Access::SignedIn),
+    rule("GET", "/application-tokens", Access::Roles(OWNER)),
+    rule("POST", "/application-tokens", Access::Roles(OWNER)),
+    rule("DELETE", "/application-tokens/{token}", Access::Roles(OWNER)),
+    rule("GET", "/audit", Access::Roles(OWNER)),
+];
+
+/// Routes whose calls are not worth an audit row (liveness probes).
+const NOT_AUDITED: &[&str] = &["", "/ping"];
+
+pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {
+    RULES.iter().find(|r| r.method == method.as_str() && r.path == path)
+}
+
+/// The body of a 403: names the roles the route needs.
+pub fn forbidden(roles: &[Role]) -> ApiError {
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("Forbidden - Requires role: {}", names.join(", ")))
+}
+
+/// Whether `caller` satisfies `roles`.
+pub fn allows(roles: &[Role], caller: &Caller) -> bool {
+    match caller.kind {
+        CallerKind::User => caller.role.is_some_and(|r| roles.contains(&r)),
+        CallerKind::Application => {
+            roles.contains(&Role::Application)
+                && caller.creator_role.is_some_and(|c| c == Role::Owner || roles.contains(&c))
+        }
+    }
+}
+
+fn unauthorized(e: &AuthError) -> ApiError {
+    match e {
+        AuthError::Database(cause) => ApiError::internal(cause),
+        other => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", other.to_string()),
+    }
+}
+
+/// The middleware on every `/sfp/api` route.
+pub async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
+    let relative = route.strip_prefix("/sfp/api").unwrap_or(&route).to_owned();
+    let method = request.method().clone();
+    let client_ip = Some(super::client_ip(request.extensions()));
+    let params = request.extract_parts::<RawPathParams>().await.ok();
+    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let target = params
+        .map(|p| p.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        .filter(|t| !t.is_empty());
+    let path = request.uri().path().to_owned();
+
+    let lookup = if method == Method::HEAD { Method::GET } else { method.clone() };
+    let Some(rule) = rule_for(&lookup, &relative) else {
+        if RULES.iter().any(|r| r.path == relative) {
+            // Another method of a known route: the router answers 405.
+            return next.run(request).await;
+        }
+        tracing::error!(%method, route = %route, "a route without an access rule was called; refused");
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route has no access rule").into_response();
+    };
+    let bearer = super::bearer(request.headers()).map(str::to_owned);
+    let caller = match (&bearer, rule.access) {
+        (None, Access::Public) => None,
+        (Some(token), Access::Public) => state.auth.authenticate(&state.pool, token).await.ok(),
+        (None, _) => None,
+        (Some(token), _) => match state.auth.authenticate(&state.pool, token).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let err = unauthorized(&e);
+                let response = err.into_response();
+                audit(&state, None, &method, &relative, &path, target, response.status(), client_ip, request_id);
+                return response;
+            }
+        },
+    };
+    let denied = match (rule.access, &caller) {
+        (Access::Public, _) => None,
+        (_, None) => Some(unauthorized(&AuthError::Missing)),
+        (Access::SignedIn, Some(_)) => None,
+        (Access::Roles(roles), Some(c)) => (!allows(roles, c)).then(|| forbidden(roles)),
+    };
+    if let Some(err) = denied {
+        let response = err.into_response();
+        audit(&state, caller.as_ref(), &method, &relative, &path, target, response.status(), client_ip, request_id);
+        return response;
+    }
+    if let Some(c) = &caller {
+        request.extensions_mut().insert(c.clone());
+    }
+    let response = next.run(request).await;
+    if !NOT_AUDITED.contains(&relative.as_str()) {
+        audit(&state, caller.as_ref(), &method, &relative, &path, target, response.status(), client_ip, request_id);
+    }
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit(
+    state: &AppState,
+    caller: Option<&Caller>,
+    method: &Method,
+    route: &str,
+    path: &str,
+    target: Option<String>,
+    status: StatusCode,
+    client_ip: Option<std::net::IpAddr>,
+    request_id: Option<String>,
+) {
+    let outcome = match status.as_u16() {
+        401 | 403 | 429 => "denied",
+        s if s >= 400 => "failed",
+        _ => "allowed",
+    };
+    state.auth.audit.record(AuditEntry {
+        id: None,
+        at: chrono::Utc::now(),
+        request_id,
+        actor_id: caller.map(|c| c.user_id),
+        actor_email: caller.and_then(|c| c.email.clone()),
+        actor_kind: match caller.map(|c| c.kind) {
+            Some(CallerKind::User) => "user",
+            Some(CallerKind::Application) => "application",
+            None => "anonymous",
+        }
+        .into(),
+        role: caller.and_then(|c| c.role).map(|r| r.as_str().to_owned()),
+        token_id: caller.and_then(|c| c.token_id),
+        method: method.to_string(),
+        route: format!("/sfp/api{route}"),
+        path: path.to_owned(),
+        target,
+        status: i32::from(status.as_u16()),
+        outcome: outcome.into(),
+        client_ip,
+    });
+}
+
+/// The caller the middleware identified; a handler behind a non-public rule always has one.
+pub struct Authenticated(pub Caller);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .map(Authenticated)
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", AuthError::Missing.to_string()))
+    }
+}

@@ -1,0 +1,109 @@
+//! The real API on port 0 against a fresh database, with the administrator of a first start.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sfp_server::api::error::ErrorBody;
+use sfp_server::api::metrics::Metrics;
+use sfp_server::auth::AuthState;
+use sfp_server::auth::audit::AuditLog;
+use sfp_server::config::{ApiConfig, AuthConfig};
+use sfp_server::health::{DatabaseCheck, HealthChecks};
+use sfp_server::{AppState, api, stack};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_EMAIL: &str = "admin@example.test";
+pub const ADMIN_PASSWORD: &str = "the admin's long password";
+pub const JWT_SECRET: &str = "a jwt secret for tests, long enough for HS256";
+
+pub struct TestApi {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestApi {
+    pub async fn spawn(pool: PgPool) -> TestApi {
+        Self::spawn_with(pool, ApiConfig::default()).await
+    }
+
+    pub async fn spawn_with(pool: PgPool, config: ApiConfig) -> TestApi {
+        Self::spawn_configured(pool, config, AuthConfig::default()).await
+    }
+
+    pub async fn spawn_configured(pool: PgPool, config: ApiConfig, auth: AuthConfig) -> TestApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = stack::base_url(listener.local_addr().unwrap());
+        let mut health = HealthChecks::default();
+        health.add(Arc::new(DatabaseCheck::new(pool.clone(), true)));
+        let shutdown = CancellationToken::new();
+        let (audit, _) = AuditLog::start(pool.clone(), shutdown.clone());
+        let auth = Arc::new(AuthState::new(JWT_SECRET.as_bytes(), auth, audit));
+        sfp_server::auth::bootstrap_admin(&pool, ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
+        let state = AppState { pool: pool.clone(), metrics: Metrics::new(), health, auth };
+        tokio::spawn(api::run(config, listener, state, shutdown.clone()));
+        TestApi { url, client: reqwest::Client::new(), pool, shutdown }
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("{}{path}", self.url))
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.url))
+    }
+
+    pub fn request(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method.parse().unwrap(), format!("{}{path}", self.url))
+    }
+
+    pub async fn error_of(response: reqwest::Response) -> ErrorBody {
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("application/json"), "error content type {content_type}");
+        response.json().await.expect("stable error body")
+    }
+
+    /// Signs in through `/sfp/api/auth/admin/login`; returns the whole answer.
+    pub async fn login(&self, email: &str, password: &str) -> Value {
+        let response = self
+            .post("/sfp/api/auth/admin/login")
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "sign-in of {email}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a user with a password and a role, as an owner will through the users API.
+    pub async fn user(&self, email: &str, password: &str, role: sfp_server::auth::Role) -> String {
+        let hash = sfp_server::auth::password::hash(password);
+        sfp_server::auth::sessions::create_user(&self.pool, email, &hash, role).await.unwrap().expect("new user");
+        self.login(email, password).await["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// An application token made by the administrator.
+    pub async fn application_token(&self, owner_token: &str, days: u32) -> Value {
+        let response = self
+            .post("/sfp/api/application-tokens")
+            .bearer_auth(owner_token)
+            .json(&json!({"name": "ci", "expiresIn": days}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+}
