@@ -5,4 +5,5 @@ mod access;
 mod api;
 mod auth;
 mod stack;
+mod supabase_clients;
 mod support;
