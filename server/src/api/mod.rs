@@ -7,11 +7,14 @@ mod identity;
 pub mod json;
 mod layers;
 pub mod metrics;
+mod projects;
+mod teams;
+mod users;
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -33,6 +36,15 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route("/application-tokens", get(identity::list_tokens).post(identity::create_token))
         .route("/application-tokens/{token}", delete(identity::revoke_token))
         .route("/audit", get(identity::audit))
+        .route("/users", get(users::list).post(users::create).delete(users::delete))
+        .route("/users/{email}", get(users::get).put(users::update))
+        .route("/teams", get(teams::list).post(teams::create))
+        .route("/teams/{slug}", delete(teams::delete))
+        .route("/teams/{slug}/members", get(teams::members).post(teams::add_member))
+        .route("/teams/{slug}/members/{email}", delete(teams::remove_member))
+        .route("/teams/{slug}/members/{email}/role", put(teams::set_member_role))
+        .route("/projects", get(projects::list).post(projects::create))
+        .route("/projects/{*identifier}", get(projects::get))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::access::authorize));
     Router::new()
         .nest("/sfp/api", api)

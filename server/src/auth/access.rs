@@ -35,6 +35,8 @@ pub struct Rule {
 }
 
 const OWNER: &[Role] = &[Role::Owner];
+const USERS: &[Role] = &[Role::Owner, Role::Member];
+const ANYONE: &[Role] = &[Role::Owner, Role::Member, Role::Application];
 
 const fn rule(method: &'static str, path: &'static str, access: Access) -> Rule {
     Rule { method, path, access }
@@ -51,6 +53,22 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/application-tokens", Access::Roles(OWNER)),
     rule("DELETE", "/application-tokens/{token}", Access::Roles(OWNER)),
     rule("GET", "/audit", Access::Roles(OWNER)),
+    rule("GET", "/users", Access::Roles(OWNER)),
+    rule("POST", "/users", Access::Roles(OWNER)),
+    rule("DELETE", "/users", Access::Roles(OWNER)),
+    rule("GET", "/users/{email}", Access::Roles(OWNER)),
+    rule("PUT", "/users/{email}", Access::Roles(OWNER)),
+    rule("GET", "/teams", Access::SignedIn),
+    rule("POST", "/teams", Access::Roles(OWNER)),
+    rule("DELETE", "/teams/{slug}", Access::Roles(OWNER)),
+    // Team members read their team; the team's owners manage it (row-level security decides).
+    rule("GET", "/teams/{slug}/members", Access::Roles(USERS)),
+    rule("POST", "/teams/{slug}/members", Access::Roles(USERS)),
+    rule("DELETE", "/teams/{slug}/members/{email}", Access::Roles(USERS)),
+    rule("PUT", "/teams/{slug}/members/{email}/role", Access::Roles(USERS)),
+    rule("GET", "/projects", Access::Roles(ANYONE)),
+    rule("POST", "/projects", Access::Roles(OWNER)),
+    rule("GET", "/projects/{*identifier}", Access::Roles(ANYONE)),
 ];
 
 /// Routes whose calls are not worth an audit row (liveness probes).

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod jwt;
 pub mod password;
 pub mod rate_limit;
+pub mod rls;
 pub mod sessions;
 
 use std::time::Duration;

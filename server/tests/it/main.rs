@@ -7,3 +7,4 @@ mod auth;
 mod stack;
 mod supabase_clients;
 mod support;
+mod teams;

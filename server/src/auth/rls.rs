@@ -1,0 +1,38 @@
+//! Queries under row-level security: a transaction in which the caller's claims are set the
+//! way PostgREST sets them (`role` = `authenticated`, `request.jwt.claims` = the claims), so
+//! the tables' policies decide which rows exist. Both settings are local to the transaction
+//! and end with it. An application token runs with its creator's identity: it sees what the
+//! creator sees, never more.
+
+use serde_json::json;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::{Caller, CallerKind};
+
+pub async fn begin_as(pool: &PgPool, caller: &Caller) -> sqlx::Result<Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await?;
+    let claims = json!({
+        "sub": caller.user_id,
+        "role": "authenticated",
+        "email": caller.email,
+        "sfp_role": caller.role.map(|r| r.as_str()),
+        "token_id": caller.token_id,
+        "session_id": caller.session_id,
+        "is_application": caller.kind == CallerKind::Application,
+    });
+    sqlx::query("SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true)")
+        .bind(claims.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Whether a database error is a row-level security refusal (insufficient privilege).
+pub fn is_refused(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42501"))
+}
+
+/// Whether a database error is a unique violation.
+pub fn is_duplicate(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
