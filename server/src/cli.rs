@@ -46,6 +46,8 @@ pub enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// Print the OpenAPI document of the API (the committed copy is server/openapi.json).
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +69,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let overrides = Overrides { data_dir: cli.data_dir.clone(), config_file: cli.config.clone(), port };
     let config = Config::load(&overrides)?;
     match cli.command {
+        Command::Openapi => {
+            println!("{}", crate::api::openapi().to_pretty_json()?);
+            Ok(0)
+        }
         Command::Start { .. } => {
             let _guard = telemetry::init_for_server(&config)?;
             stack::start(config).await?;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorBody};
 use super::gotrue::{self, SignInError};
 use super::json::ApiJson;
 use crate::auth::access::Authenticated;
@@ -18,7 +18,7 @@ use crate::auth::audit::AuditEntry;
 use crate::auth::{CallerKind, ClientIp, Role, app_tokens, sessions};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminLogin {
     email: String,
@@ -33,6 +33,11 @@ fn base_url(headers: &HeaderMap) -> String {
 
 /// `POST /sfp/api/auth/admin/login`: e-mail and password sign-in (429 after repeated
 /// failures from one address).
+#[utoipa::path(post, path = "/auth/admin/login", tag = "auth", request_body = AdminLogin, responses(
+    (status = 200, description = "Signed in: access and refresh tokens, the anon key, the user", body = Object),
+    (status = 401, description = "Invalid login credentials", body = ErrorBody),
+    (status = 429, description = "Too many failed sign-ins from this address", body = ErrorBody),
+))]
 pub async fn admin_login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -76,7 +81,7 @@ pub async fn admin_login(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct Callback {
     access_token: String,
@@ -87,6 +92,10 @@ pub struct Callback {
 /// `POST /sfp/api/auth/callback`: the CLI hands over the session it got from a sign-in
 /// (OAuth, SSO); the server checks it and makes sure the user has a role here (a user's
 /// first sign-in makes them a member).
+#[utoipa::path(post, path = "/auth/callback", tag = "auth", request_body = Callback, responses(
+    (status = 200, description = "The session is valid; the user's id, e-mail and role", body = Object),
+    (status = 401, description = "No valid credentials", body = ErrorBody),
+))]
 pub async fn callback(State(state): State<AppState>, ApiJson(body): ApiJson<Callback>) -> ApiResult<Json<Value>> {
     let caller = state
         .auth
@@ -106,7 +115,10 @@ pub async fn callback(State(state): State<AppState>, ApiJson(body): ApiJson<Call
     Ok(Json(json!({"success": true, "data": {"userId": caller.user_id, "email": caller.email, "role": role}})))
 }
 
-/// `GET /sfp/api/users/me`.
+/// `GET /sfp/api/users/me`: the caller (for an application token: the user who made it).
+#[utoipa::path(get, path = "/users/me", tag = "users", security(("bearer" = [])), responses(
+    (status = 200, description = "The caller", body = Object), (status = 401, description = "No valid credentials", body = ErrorBody),
+))]
 pub async fn me(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
     let user = sessions::user_by_id(&state.pool, caller.user_id)
         .await?
@@ -137,12 +149,16 @@ fn token_json(t: &app_tokens::TokenInfo) -> Value {
     })
 }
 
+/// Every application token (never the tokens themselves).
+#[utoipa::path(get, path = "/application-tokens", tag = "application-tokens", security(("bearer" = [])), responses(
+    (status = 200, description = "The tokens", body = Object), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn list_tokens(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let tokens = app_tokens::list(&state.pool).await?;
     Ok(Json(json!({"tokens": tokens.iter().map(token_json).collect::<Vec<_>>()})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateToken {
     name: String,
@@ -150,6 +166,12 @@ pub struct CreateToken {
     expires_in: u32,
 }
 
+/// A new application token acting for the caller; the token is in this answer only.
+#[utoipa::path(post, path = "/application-tokens", tag = "application-tokens", security(("bearer" = [])), request_body = CreateToken, responses(
+    (status = 201, description = "Created; `token` is shown this once", body = Object),
+    (status = 400, description = "Invalid name or expiry", body = ErrorBody),
+    (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn create_token(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -174,6 +196,12 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+/// Revokes a token, named by its id or by the token itself.
+#[utoipa::path(delete, path = "/application-tokens/{token}", tag = "application-tokens", security(("bearer" = [])),
+    params(("token" = String, Path, description = "The token's id, or the token")), responses(
+    (status = 200, description = "Revoked", body = Object),
+    (status = 404, description = "No such token", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn revoke_token(State(state): State<AppState>, Path(token): Path<String>) -> ApiResult<Json<Value>> {
     let info = app_tokens::revoke(&state.pool, &token)
         .await?
@@ -181,8 +209,9 @@ pub async fn revoke_token(State(state): State<AppState>, Path(token): Path<Strin
     Ok(Json(token_json(&info)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     actor: Option<Uuid>,
     route: Option<String>,
@@ -194,6 +223,10 @@ pub struct AuditQuery {
 }
 
 /// `GET /sfp/api/audit`: newest first, filtered, paged by id.
+#[utoipa::path(get, path = "/audit", tag = "audit", security(("bearer" = [])), params(AuditQuery), responses(
+    (status = 200, description = "Audit entries and the cursor of the next page", body = Object),
+    (status = 400, description = "Invalid filter", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn audit(State(state): State<AppState>, Query(q): Query<AuditQuery>) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     if let Some(o) = q.outcome.as_deref()

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
@@ -46,6 +46,9 @@ const SELECT: &str = "SELECT p.identifier, p.remote_url, p.platform, t.slug AS t
 
 /// `GET /sfp/api/projects`: every project the caller may see (no filter here on purpose: the
 /// policies are the filter).
+#[utoipa::path(get, path = "/projects", tag = "projects", security(("bearer" = [])), responses(
+    (status = 200, description = "The projects", body = Object), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn list(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
     let mut tx = begin_as(&state.pool, &caller).await?;
     let rows: Vec<ProjectRow> =
@@ -55,6 +58,12 @@ pub async fn list(State(state): State<AppState>, Authenticated(caller): Authenti
 }
 
 /// `GET /sfp/api/projects/{identifier}` (the identifier may contain `/`, as `org/repo`).
+#[utoipa::path(get, path = "/projects/{identifier}", tag = "projects", security(("bearer" = [])),
+    params(("identifier" = String, Path, description = "The project, e.g. `org/repo`; may contain `/`")), responses(
+    (status = 200, description = "The project", body = Object),
+    (status = 404, description = "No such project for the caller", body = ErrorBody),
+    (status = 401, description = "No valid credentials", body = ErrorBody),
+))]
 pub async fn get(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -70,7 +79,7 @@ pub async fn get(
     Ok(Json(project_json(&row)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewProject {
     identifier: String,
@@ -96,6 +105,12 @@ fn platform_of(url: &str) -> &'static str {
 }
 
 /// `POST /sfp/api/projects`: 409 if the project exists (POST never overwrites).
+#[utoipa::path(post, path = "/projects", tag = "projects", security(("bearer" = [])), request_body = NewProject, responses(
+    (status = 201, description = "Created", body = Object),
+    (status = 400, description = "Invalid identifier, URL or configuration", body = ErrorBody),
+    (status = 404, description = "No such team", body = ErrorBody),
+    (status = 409, description = "The project exists", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn create(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

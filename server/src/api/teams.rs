@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
@@ -32,6 +32,10 @@ fn team_json(t: &TeamRow) -> Value {
 const SELECT: &str = "SELECT t.id, t.slug, t.name, t.created_at, \
      (SELECT count(*) FROM app.team_member m WHERE m.team_id = t.id) AS members FROM app.team t";
 
+/// The teams the caller may see (owners: all).
+#[utoipa::path(get, path = "/teams", tag = "teams", security(("bearer" = [])), responses(
+    (status = 200, description = "The teams", body = Object), (status = 401, description = "No valid credentials", body = ErrorBody),
+))]
 pub async fn list(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
     let mut tx = begin_as(&state.pool, &caller).await?;
     let rows: Vec<TeamRow> =
@@ -40,7 +44,7 @@ pub async fn list(State(state): State<AppState>, Authenticated(caller): Authenti
     Ok(Json(json!({"teams": rows.iter().map(team_json).collect::<Vec<_>>()})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTeam {
     name: String,
@@ -66,6 +70,12 @@ fn valid_slug(slug: &str) -> bool {
         && !slug.starts_with('-')
 }
 
+/// Creates a team (its slug from the name unless given).
+#[utoipa::path(post, path = "/teams", tag = "teams", security(("bearer" = [])), request_body = NewTeam, responses(
+    (status = 201, description = "Created", body = Object),
+    (status = 400, description = "Invalid name or slug", body = ErrorBody),
+    (status = 409, description = "The slug is taken", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn create(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -108,6 +118,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(team_json(&row))))
 }
 
+/// Deletes a team; its projects go back to the owners.
+#[utoipa::path(delete, path = "/teams/{slug}", tag = "teams", security(("bearer" = [])), params(("slug" = String, Path)), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "No such team", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn delete(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -131,6 +146,11 @@ async fn team_id(tx: &mut sqlx::PgConnection, slug: &str) -> ApiResult<Uuid> {
         .ok_or_else(|| ApiError::not_found(format!("no team {slug:?}")))
 }
 
+/// The members of a team and their team roles.
+#[utoipa::path(get, path = "/teams/{slug}/members", tag = "teams", security(("bearer" = [])), params(("slug" = String, Path)), responses(
+    (status = 200, description = "The members", body = Object),
+    (status = 404, description = "No such team for the caller", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn members(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -153,14 +173,14 @@ pub async fn members(
     Ok(Json(json!({"team": slug, "members": members})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMember {
     email: String,
     role: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleChange {
     role: String,
@@ -190,6 +210,12 @@ async fn user_id_by_email(pool: &sqlx::PgPool, email: &str) -> ApiResult<Uuid> {
         .ok_or_else(|| ApiError::not_found(format!("no user {email:?}")))
 }
 
+/// Adds a user to a team (instance owners and the team's owners).
+#[utoipa::path(post, path = "/teams/{slug}/members", tag = "teams", security(("bearer" = [])), params(("slug" = String, Path)), request_body = NewMember, responses(
+    (status = 201, description = "Added", body = Object),
+    (status = 404, description = "No such team or user", body = ErrorBody),
+    (status = 409, description = "Already a member", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn add_member(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -218,6 +244,11 @@ pub async fn add_member(
     Ok((StatusCode::CREATED, Json(json!({"team": slug, "email": body.email, "role": role}))))
 }
 
+/// Removes a user from a team.
+#[utoipa::path(delete, path = "/teams/{slug}/members/{email}", tag = "teams", security(("bearer" = [])), params(("slug" = String, Path), ("email" = String, Path)), responses(
+    (status = 204, description = "Removed"),
+    (status = 404, description = "Not a member", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn remove_member(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -246,6 +277,11 @@ pub async fn remove_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Changes a member's role in the team.
+#[utoipa::path(put, path = "/teams/{slug}/members/{email}/role", tag = "teams", security(("bearer" = [])), params(("slug" = String, Path), ("email" = String, Path)), request_body = RoleChange, responses(
+    (status = 200, description = "Changed", body = Object),
+    (status = 404, description = "Not a member", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn set_member_role(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
 use crate::auth::access::Authenticated;
 use crate::auth::{Role, password, sessions};
@@ -49,12 +49,21 @@ async fn find(pool: &sqlx::PgPool, email: &str) -> ApiResult<UserRow> {
         .ok_or_else(|| ApiError::not_found(format!("no user {email:?}")))
 }
 
+/// Every user with their role and teams.
+#[utoipa::path(get, path = "/users", tag = "users", security(("bearer" = [])), responses(
+    (status = 200, description = "The users", body = Object), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let rows: Vec<UserRow> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} ORDER BY u.email"))).fetch_all(&state.pool).await?;
     Ok(Json(json!({"users": rows.iter().map(user_json).collect::<Vec<_>>()})))
 }
 
+/// One user, by e-mail address.
+#[utoipa::path(get, path = "/users/{email}", tag = "users", security(("bearer" = [])), params(("email" = String, Path)), responses(
+    (status = 200, description = "The user", body = Object),
+    (status = 404, description = "No such user", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn get(State(state): State<AppState>, Path(email): Path<String>) -> ApiResult<Json<Value>> {
     Ok(Json(user_json(&find(&state.pool, &email).await?)))
 }
@@ -84,7 +93,7 @@ fn valid_email(email: &str) -> bool {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     email: String,
@@ -93,6 +102,13 @@ pub struct NewUser {
     role: String,
 }
 
+/// Adds a user with a role (and optionally a password of at least 12 characters).
+#[utoipa::path(post, path = "/users", tag = "users", security(("bearer" = [])), request_body = NewUser, responses(
+    (status = 201, description = "Created", body = Object),
+    (status = 400, description = "Invalid e-mail address or role", body = ErrorBody),
+    (status = 409, description = "The e-mail address is taken", body = ErrorBody),
+    (status = 422, description = "Weak password or missing field", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewUser>,
@@ -123,7 +139,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(user_json(&find(&state.pool, &body.email).await?))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     role: String,
@@ -138,6 +154,12 @@ async fn owners(pool: &sqlx::PgPool) -> sqlx::Result<i64> {
     .await
 }
 
+/// Changes a user's role (the last owner stays an owner).
+#[utoipa::path(put, path = "/users/{email}", tag = "users", security(("bearer" = [])), params(("email" = String, Path)), request_body = UpdateUser, responses(
+    (status = 200, description = "Updated", body = Object),
+    (status = 404, description = "No such user", body = ErrorBody),
+    (status = 409, description = "The last owner cannot be demoted", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn update(
     State(state): State<AppState>,
     Path(email): Path<String>,
@@ -167,12 +189,18 @@ pub async fn update(
     Ok(Json(user_json(&find(&state.pool, &email).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteUser {
     email: String,
 }
 
+/// Deletes a user with their sessions, memberships and application tokens.
+#[utoipa::path(delete, path = "/users", tag = "users", security(("bearer" = [])), request_body = DeleteUser, responses(
+    (status = 200, description = "Deleted", body = Object),
+    (status = 404, description = "No such user", body = ErrorBody),
+    (status = 409, description = "Yourself, or the last owner", body = ErrorBody), (status = 401, description = "No valid credentials", body = ErrorBody), (status = 403, description = "The caller's role may not do this", body = ErrorBody),
+))]
 pub async fn delete(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

@@ -71,7 +71,8 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/projects/{*identifier}", Access::Roles(ANYONE)),
 ];
 
-/// Routes whose calls are not worth an audit row (liveness probes).
+/// Routes whose calls are not worth an audit row (liveness probes). `/sfp/apidocs-json` is
+/// outside `/sfp/api` and public.
 const NOT_AUDITED: &[&str] = &["", "/ping"];
 
 pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {

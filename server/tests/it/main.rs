@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod auth;
+mod openapi;
 mod stack;
 mod supabase_clients;
 mod support;
