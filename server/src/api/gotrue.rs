@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .route("/user", get(user))
         .route("/logout", post(logout))
         .route("/settings", get(settings))
+        .merge(super::gotrue_admin::router())
         .route(
             "/health",
             get(|| async { Json(json!({"name": "sfp-server", "description": "GoTrue-compatible subset"})) }),

@@ -2,6 +2,7 @@
 
 pub mod error;
 mod gotrue;
+mod gotrue_admin;
 mod health;
 mod identity;
 pub mod json;

@@ -130,6 +130,26 @@ impl JwtKeys {
         self.sign(&json!({"role": "anon", "iss": "supabase", "iat": now, "exp": now + 10 * 365 * 24 * 3600}))
     }
 
+    /// The `service_role` key: full administration of users (`/auth/v1/admin`). Keep it secret.
+    pub fn service_key(&self) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.sign(&json!({"role": "service_role", "iss": "supabase", "iat": now, "exp": now + 10 * 365 * 24 * 3600}))
+    }
+
+    /// Verifies any token of this instance (anon, service or user): signature and expiry.
+    pub fn verify_any(&self, token: &str) -> Result<Value, TokenError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        jsonwebtoken::decode::<Value>(token, &self.decoding, &validation).map(|d| d.claims).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                kind => TokenError::Invalid(describe(kind)),
+            }
+        })
+    }
+
     /// Verifies signature (HS256 only: `none` and other algorithms are refused) and expiry.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let mut validation = Validation::new(Algorithm::HS256);

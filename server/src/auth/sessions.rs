@@ -93,6 +93,20 @@ pub async fn user_by_id(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<User>> {
 /// Creates a user with a password (confirmed, since an owner or the instance creates it)
 /// and its control plane role. Returns None when the e-mail address is taken.
 pub async fn create_user(pool: &PgPool, email: &str, password_hash: &str, role: Role) -> sqlx::Result<Option<Uuid>> {
+    insert_user(pool, email, password_hash, Some(role)).await
+}
+
+/// A user without a control plane role (GoTrue's admin API).
+pub async fn create_user_without_role(pool: &PgPool, email: &str, password_hash: &str) -> sqlx::Result<Option<Uuid>> {
+    insert_user(pool, email, password_hash, None).await
+}
+
+async fn insert_user(
+    pool: &PgPool,
+    email: &str,
+    password_hash: &str,
+    role: Option<Role>,
+) -> sqlx::Result<Option<Uuid>> {
     let mut tx = pool.begin().await?;
     let id = Uuid::new_v4();
     let inserted = sqlx::query(
@@ -118,11 +132,13 @@ pub async fn create_user(pool: &PgPool, email: &str, password_hash: &str, role: 
     .bind(email.trim())
     .execute(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO app.user_role (user_id, role) VALUES ($1, $2)")
-        .bind(id)
-        .bind(role.as_str())
-        .execute(&mut *tx)
-        .await?;
+    if let Some(role) = role {
+        sqlx::query("INSERT INTO app.user_role (user_id, role) VALUES ($1, $2)")
+            .bind(id)
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(Some(id))
 }

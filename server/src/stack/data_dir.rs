@@ -16,6 +16,8 @@ const PID_FILE: &str = "sfp-server.pid";
 const RUNTIME_FILE: &str = "runtime.json";
 pub const ADMIN_CREDENTIALS_FILE: &str = "admin-credentials.json";
 pub const SECRETS_FILE: &str = "secrets.json";
+/// The Supabase anon and service-role keys of this instance (mode 0600), written at start.
+pub const API_KEYS_FILE: &str = "api-keys.json";
 
 /// Secrets generated for this instance at first start (mode 0600).
 #[derive(Clone, serde::Serialize, serde::Deserialize)]

@@ -24,6 +24,7 @@ use crate::auth::audit::AuditLog;
 use crate::config::Config;
 use crate::health::{DatabaseCheck, HealthChecks};
 use crate::state::AppState;
+use data_dir::API_KEYS_FILE;
 
 fn say(line: String) {
     println!("{line}");
@@ -90,6 +91,7 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     } else {
         say(format!("admin login: {} (password in {})", admin.email, data.path(ADMIN_CREDENTIALS_FILE).display()));
     }
+    say(format!("supabase keys (anon, service_role) in {}", data.path(API_KEYS_FILE).display()));
     say(format!("ready: {url}"));
     tracing::info!(url = %url, "sfp-server ready");
 

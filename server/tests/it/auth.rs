@@ -418,3 +418,87 @@ async fn calls_are_audited_append_only_and_owners_read_them(pool: PgPool) {
     let deleted = sqlx::query("DELETE FROM app.audit_log").execute(&pool).await;
     assert!(deleted.is_err(), "nor emptied");
 }
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn gotrue_admin_users_need_the_service_key(pool: PgPool) {
+    let app = TestApi::spawn(pool.clone()).await;
+    let keys = JwtKeys::new(JWT_SECRET.as_bytes(), "x");
+    let service = keys.service_key();
+    let user_token = app.admin_token().await;
+    let response = app.get("/auth/v1/admin/users").send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    for token in [user_token.as_str(), keys.anon_key().as_str()] {
+        let response = app.get("/auth/v1/admin/users").bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status(), 403);
+        assert_eq!(TestApi::error_of(response).await.code, "not_admin");
+    }
+
+    let (status, created) = status_and_body(
+        app.post("/auth/v1/admin/users")
+            .bearer_auth(&service)
+            .json(&json!({"email": "eve@example.test", "password": "eve's password", "user_metadata": {"team": "qa"}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["user_metadata"]["team"], "qa");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, dup) = status_and_body(
+        app.post("/auth/v1/admin/users")
+            .bearer_auth(&service)
+            .json(&json!({"email": "EVE@example.test"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, dup["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("email_exists")));
+
+    let response = app.get("/auth/v1/admin/users?per_page=1").bearer_auth(&service).send().await.unwrap();
+    assert_eq!(response.headers()["x-total-count"], "2");
+    assert!(response.headers()["link"].to_str().unwrap().contains("rel=\"next\""));
+    let page: Value = response.json().await.unwrap();
+    assert_eq!(page["users"].as_array().unwrap().len(), 1);
+
+    // Eve signs in; she has no role here until an owner gives her one.
+    let eve = app.login("eve@example.test", "eve's password").await;
+    assert!(eve["user"]["role"].is_null());
+    let eve_token = eve["access_token"].as_str().unwrap();
+    assert_eq!(app.get("/sfp/api/users/me").bearer_auth(eve_token).send().await.unwrap().status(), 200);
+    assert_eq!(app.get("/sfp/api/projects").bearer_auth(eve_token).send().await.unwrap().status(), 403);
+
+    let (status, _) = status_and_body(
+        app.request("PUT", &format!("/auth/v1/admin/users/{id}"))
+            .bearer_auth(&service)
+            .json(&json!({"ban_duration": "24h"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let response = app
+        .post("/auth/v1/token?grant_type=password")
+        .json(&json!({"email": "eve@example.test", "password": "eve's password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(TestApi::error_of(response).await.code, "user_banned");
+    assert_eq!(app.get("/sfp/api/users/me").bearer_auth(eve_token).send().await.unwrap().status(), 401, "banned now");
+
+    let response =
+        app.request("DELETE", &format!("/auth/v1/admin/users/{id}")).bearer_auth(&service).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = app.get(&format!("/auth/v1/admin/users/{id}")).bearer_auth(&service).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let admin_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM auth.users WHERE email = $1")
+        .bind(ADMIN_EMAIL)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let response =
+        app.request("DELETE", &format!("/auth/v1/admin/users/{admin_id}")).bearer_auth(&service).send().await.unwrap();
+    assert_eq!(response.status(), 409, "the last owner stays");
+}
