@@ -30,18 +30,22 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
 }
 
 /// Only a service-role JWT of this instance may administer users.
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = crate::auth::bearer(headers).filter(|t| !t.is_empty()) else {
-        return Err(error(StatusCode::UNAUTHORIZED, "no_authorization", "This endpoint requires a valid Bearer token"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "no_authorization",
+            "This endpoint requires a valid Bearer token",
+        ));
     };
     let claims: Value = state
         .auth
         .keys
         .verify_any(token)
-        .map_err(|e| error(StatusCode::FORBIDDEN, "bad_jwt", format!("invalid JWT: {e}")))?;
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "bad_jwt", format!("invalid JWT: {e}")))?;
     let role = claims["role"].as_str().unwrap_or_default();
     if !ADMIN_ROLES.contains(&role) {
-        return Err(error(StatusCode::FORBIDDEN, "not_admin", "User not allowed"));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "not_admin", "User not allowed"));
     }
     Ok(())
 }
@@ -53,8 +57,8 @@ struct Page {
 }
 
 async fn list(State(state): State<AppState>, headers: HeaderMap, Query(page): Query<Page>) -> Response {
-    if let Err(r) = require_admin(&state, &headers) {
-        return r;
+    if let Err(e) = require_admin(&state, &headers) {
+        return e.into_response();
     }
     let per_page = page.per_page.unwrap_or(50).clamp(1, 1000);
     let page_no = page.page.unwrap_or(1).max(1);
@@ -108,8 +112,8 @@ struct NewUser {
 }
 
 async fn create(State(state): State<AppState>, headers: HeaderMap, ApiJson(body): ApiJson<NewUser>) -> Response {
-    if let Err(r) = require_admin(&state, &headers) {
-        return r;
+    if let Err(e) = require_admin(&state, &headers) {
+        return e.into_response();
     }
     if !body.email.contains('@') {
         return error(StatusCode::BAD_REQUEST, "validation_failed", "Unable to validate email address: invalid format");
@@ -156,17 +160,17 @@ async fn one(state: &AppState, id: Uuid) -> Response {
     }
 }
 
-fn parse_user_id(id: &str) -> Result<Uuid, Response> {
-    Uuid::parse_str(id).map_err(|_| error(StatusCode::NOT_FOUND, "user_not_found", "User not found"))
+fn parse_user_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "User not found"))
 }
 
 async fn get_one(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = require_admin(&state, &headers) {
-        return r;
+    if let Err(e) = require_admin(&state, &headers) {
+        return e.into_response();
     }
     match parse_user_id(&id) {
         Ok(id) => one(&state, id).await,
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -184,12 +188,12 @@ async fn update(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Changes>,
 ) -> Response {
-    if let Err(r) = require_admin(&state, &headers) {
-        return r;
+    if let Err(e) = require_admin(&state, &headers) {
+        return e.into_response();
     }
     let id = match parse_user_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let ban: Option<Option<chrono::DateTime<chrono::Utc>>> = match body.ban_duration.as_deref() {
         None => None,
@@ -221,12 +225,12 @@ async fn update(
 }
 
 async fn remove(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = require_admin(&state, &headers) {
-        return r;
+    if let Err(e) = require_admin(&state, &headers) {
+        return e.into_response();
     }
     let id = match parse_user_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let last_owner: Result<bool, sqlx::Error> = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM app.user_role WHERE user_id = $1 AND role = 'owner') \
