@@ -149,3 +149,44 @@ END
 $$;
 CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON app.audit_log
   FOR EACH STATEMENT EXECUTE FUNCTION app.audit_log_is_append_only();
+
+-- Single sign-on providers (SAML), as GoTrue keeps them; the SSO flows come later and read
+-- these rows.
+CREATE TABLE auth.sso_providers (
+    id          uuid PRIMARY KEY,
+    resource_id text CHECK (resource_id IS NULL OR char_length(resource_id) > 0),
+    created_at  timestamptz,
+    updated_at  timestamptz,
+    disabled    boolean
+);
+CREATE UNIQUE INDEX sso_providers_resource_id_idx ON auth.sso_providers (lower(resource_id));
+
+CREATE TABLE auth.sso_domains (
+    id              uuid PRIMARY KEY,
+    sso_provider_id uuid NOT NULL REFERENCES auth.sso_providers (id) ON DELETE CASCADE,
+    domain          text NOT NULL CHECK (char_length(domain) > 0),
+    created_at      timestamptz,
+    updated_at      timestamptz
+);
+CREATE UNIQUE INDEX sso_domains_domain_idx ON auth.sso_domains (lower(domain));
+
+CREATE TABLE auth.saml_providers (
+    id                uuid PRIMARY KEY,
+    sso_provider_id   uuid NOT NULL REFERENCES auth.sso_providers (id) ON DELETE CASCADE,
+    entity_id         text NOT NULL UNIQUE CHECK (char_length(entity_id) > 0),
+    metadata_xml      text NOT NULL CHECK (char_length(metadata_xml) > 0),
+    metadata_url      text CHECK (metadata_url IS NULL OR char_length(metadata_url) > 0),
+    attribute_mapping jsonb,
+    name_id_format    text,
+    created_at        timestamptz,
+    updated_at        timestamptz
+);
+
+-- GoTrue keeps its tables closed to the API roles: row-level security on, no policies.
+ALTER TABLE auth.users ENABLE ROW LEVEL SECURITY;
+ALTER TABLE auth.identities ENABLE ROW LEVEL SECURITY;
+ALTER TABLE auth.sessions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE auth.refresh_tokens ENABLE ROW LEVEL SECURITY;
+ALTER TABLE auth.sso_providers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE auth.sso_domains ENABLE ROW LEVEL SECURITY;
+ALTER TABLE auth.saml_providers ENABLE ROW LEVEL SECURITY;

@@ -19,7 +19,7 @@ use crate::auth::sessions::{self, LogoutScope, RefreshError, User};
 use crate::auth::{AuthState, ClientIp, password};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/token", post(token))
         .route("/user", get(user))
@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
             "/health",
             get(|| async { Json(json!({"name": "sfp-server", "description": "GoTrue-compatible subset"})) }),
         )
+        .route_layer(axum::middleware::from_fn_with_state(state, audit_calls))
         .layer(axum::middleware::from_fn(api_version))
 }
 
@@ -50,6 +51,52 @@ async fn api_version(request: Request, next: Next) -> Response {
 
 #[derive(Clone, Copy)]
 struct ErrorCode(&'static str);
+
+/// Every call to `/auth/v1` goes into the audit log too: sign-ins (anonymous until they
+/// succeed), token refreshes, reads of the user, sign-outs and user administration.
+async fn audit_calls(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route =
+        request.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
+    let method = request.method().clone();
+    // The path as the client sent it (inside a nested router the URI is shortened).
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.0.path().to_owned())
+        .unwrap_or_else(|| request.uri().path().to_owned());
+    let ip = crate::auth::client_ip(request.extensions());
+    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let claims = crate::auth::bearer(request.headers()).and_then(|t| state.auth.keys.verify_any(t).ok());
+    let response = next.run(request).await;
+    if route == "/auth/v1/health" || route == "/auth/v1/settings" {
+        return response;
+    }
+    let status = response.status();
+    let actor = claims.as_ref().and_then(|c| c["sub"].as_str()).and_then(|s| uuid::Uuid::parse_str(s).ok());
+    state.auth.audit.record(crate::auth::audit::AuditEntry {
+        id: None,
+        at: chrono::Utc::now(),
+        request_id,
+        actor_id: actor,
+        actor_email: claims.as_ref().and_then(|c| c["email"].as_str()).map(str::to_owned),
+        actor_kind: if actor.is_some() { "user" } else { "anonymous" }.into(),
+        role: claims.as_ref().and_then(|c| c["role"].as_str()).map(str::to_owned),
+        token_id: None,
+        method: method.to_string(),
+        route,
+        path,
+        target: None,
+        status: i32::from(status.as_u16()),
+        outcome: match status.as_u16() {
+            400 | 401 | 403 | 429 => "denied",
+            s if s >= 400 => "failed",
+            _ => "allowed",
+        }
+        .into(),
+        client_ip: Some(ip),
+    });
+    response
+}
 
 /// A GoTrue error: the stable body with GoTrue's code.
 fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {

@@ -110,7 +110,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
     Router::new()
         .nest("/sfp/api", api)
         .route("/sfp/apidocs-json", get(apidocs))
-        .nest("/auth/v1", gotrue::router())
+        .nest("/auth/v1", gotrue::router(state.clone()))
         .route("/metrics", get(metrics::scrape))
         .fallback(layers::not_found)
         // Innermost first: each `layer` wraps everything above it.

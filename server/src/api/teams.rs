@@ -158,18 +158,29 @@ pub async fn members(
 ) -> ApiResult<Json<Value>> {
     let mut tx = begin_as(&state.pool, &caller).await?;
     let team = team_id(&mut tx, &slug).await?;
-    let rows: Vec<(Uuid, Option<String>, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT m.user_id, u.email, m.role, m.added_at FROM app.team_member m JOIN auth.users u ON u.id = m.user_id \
-         WHERE m.team_id = $1 ORDER BY u.email",
-    )
-    .bind(team)
-    .fetch_all(&mut *tx)
-    .await?;
+    // Which members exist is the policies' answer; their e-mail addresses come from the
+    // auth schema, which the API role cannot read.
+    let rows: Vec<(Uuid, String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT user_id, role, added_at FROM app.team_member WHERE team_id = $1")
+            .bind(team)
+            .fetch_all(&mut *tx)
+            .await?;
     tx.commit().await?;
-    let members: Vec<Value> = rows
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let emails: std::collections::HashMap<Uuid, Option<String>> =
+        sqlx::query_as::<_, (Uuid, Option<String>)>("SELECT id, email FROM auth.users WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&state.pool)
+            .await?
+            .into_iter()
+            .collect();
+    let mut members: Vec<Value> = rows
         .into_iter()
-        .map(|(id, email, role, added)| json!({"userId": id, "email": email, "role": role, "addedAt": added}))
+        .map(|(id, role, added)| {
+            json!({"userId": id, "email": emails.get(&id).cloned().flatten(), "role": role, "addedAt": added})
+        })
         .collect();
+    members.sort_by(|a, b| a["email"].as_str().cmp(&b["email"].as_str()));
     Ok(Json(json!({"team": slug, "members": members})))
 }
 

@@ -114,7 +114,12 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
     let target = params
         .map(|p| p.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
         .filter(|t| !t.is_empty());
-    let path = request.uri().path().to_owned();
+    // The path as the client sent it (inside a nested router the URI is shortened).
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.0.path().to_owned())
+        .unwrap_or_else(|| request.uri().path().to_owned());
 
     let lookup = if method == Method::HEAD { Method::GET } else { method.clone() };
     let Some(rule) = rule_for(&lookup, &relative) else {

@@ -402,6 +402,7 @@ async fn calls_are_audited_append_only_and_owners_read_them(pool: PgPool) {
     assert_eq!(me["actorEmail"], "m@example.test");
     assert_eq!(me["role"], "member");
     assert_eq!(me["route"], "/sfp/api/users/me");
+    assert_eq!(me["path"], "/sfp/api/users/me");
     assert_eq!(me["status"], 200);
     assert_eq!(me["outcome"], "allowed");
     let denied =
@@ -412,6 +413,28 @@ async fn calls_are_audited_append_only_and_owners_read_them(pool: PgPool) {
     assert!(filtered["entries"].as_array().unwrap().iter().all(|e| e["outcome"] == "denied"));
     let response = app.get("/sfp/api/audit?outcome=maybe").bearer_auth(&owner).send().await.unwrap();
     assert_eq!(response.status(), 400);
+
+    // Sign-ins through /auth/v1 are there too.
+    let response = app
+        .post("/auth/v1/token?grant_type=password")
+        .json(&json!({"email": ADMIN_EMAIL, "password": "wrong"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) =
+            status_and_body(app.get("/sfp/api/audit?limit=200").bearer_auth(&owner).send().await.unwrap()).await;
+        let entries = body["entries"].as_array().unwrap();
+        if let Some(e) = entries.iter().find(|e| e["route"] == "/auth/v1/token") {
+            assert_eq!(e["path"], "/auth/v1/token");
+            assert_eq!((e["outcome"].as_str(), e["actorKind"].as_str()), (Some("denied"), Some("anonymous")));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the failed sign-in is audited: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     let changed = sqlx::query("UPDATE app.audit_log SET outcome = 'allowed'").execute(&pool).await;
     assert!(changed.is_err(), "the audit log cannot be rewritten");

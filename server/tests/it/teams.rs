@@ -157,6 +157,15 @@ async fn team_owners_manage_their_team_and_nobody_elses(pool: PgPool) {
     assert_eq!(status, 201);
     let (status, _) = send(w.app.post("/sfp/api/teams/alpha/members").bearer_auth(&w.alice).json(&add)).await;
     assert_eq!(status, 409, "already a member");
+    let (status, listed) = send(w.app.get("/sfp/api/teams/alpha/members").bearer_auth(&w.alice)).await;
+    assert_eq!(status, 200, "{listed}");
+    let members: Vec<(&str, &str)> = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["email"].as_str().unwrap(), m["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(members, [("alice@example.test", "owner"), ("carol@example.test", "member")]);
     let (_, carols) = send(w.app.get("/sfp/api/projects").bearer_auth(&carol)).await;
     assert_eq!(identifiers(&carols), ["acme/alpha-app"], "carol now sees alpha's project");
     // ...but not beta.
