@@ -232,6 +232,18 @@ async fn start_worker(
         .worker_id;
     let mut stream =
         dispatcher.listen_v2(pb::WorkerListenRequest { worker_id: worker_id.clone() }).await.unwrap().into_inner();
+    // Heartbeats like an SDK worker, so the engine never takes it for lost.
+    let mut beats = client.dispatcher();
+    let beating = worker_id.clone();
+    tokio::spawn(async move {
+        loop {
+            let beat = pb::HeartbeatRequest { worker_id: beating.clone(), heartbeat_at: None };
+            if beats.heartbeat(beat).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+    });
     tokio::spawn(async move {
         while let Ok(Some(action)) = stream.message().await {
             let _ = started.send((action.workflow_run_id.clone(), Instant::now()));

@@ -187,13 +187,14 @@ impl Engine {
             sqlx::query(
                 "INSERT INTO engine.queue_item (id, tenant_id, task_id, retry_count, action, priority, schedule_timeout_at) \
                  OVERRIDING SYSTEM VALUE \
-                 SELECT $1, $2, $3, $4, t.action, $5, now() + interval '5 minutes' FROM engine.task t WHERE t.id = $3",
+                 SELECT $1, $2, $3, $4, t.action, $5, $6 FROM engine.task t WHERE t.id = $3",
             )
             .bind(item.queue_id)
             .bind(self.tenant_id())
             .bind(item.task_id)
             .bind(item.retry_count)
             .bind(item.priority)
+            .bind(item.schedule_timeout_at)
             .execute(&mut *tx)
             .await?;
         }
@@ -276,8 +277,8 @@ async fn claim(
            DELETE FROM engine.queue_item q WHERE q.id IN ( \
              SELECT id FROM engine.queue_item WHERE tenant_id = $1 AND action = ANY($2) \
              ORDER BY priority DESC, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-           RETURNING q.id, q.task_id, q.retry_count, q.priority) \
-         SELECT c.id AS queue_id, t.id AS task_id, c.retry_count, c.priority, s.slot_units, s.timeout_ms, \
+           RETURNING q.id, q.task_id, q.retry_count, q.priority, q.schedule_timeout_at) \
+         SELECT c.id AS queue_id, t.id AS task_id, c.retry_count, c.priority, c.schedule_timeout_at, s.slot_units, s.timeout_ms, \
                 r.id AS run_id, r.workflow_id, r.workflow_version_id AS version_id, s.id AS step_id, \
                 t.readable_id, t.action, r.additional_metadata, r.input, \
                 (SELECT coalesce(jsonb_object_agg(p.readable_id, coalesce(p.output, '{}'::jsonb)), '{}'::jsonb) \
@@ -305,6 +306,7 @@ struct ClaimRow {
     task_id: Uuid,
     retry_count: i32,
     priority: i32,
+    schedule_timeout_at: DateTime<Utc>,
     slot_units: i32,
     timeout_ms: i64,
     run_id: Uuid,

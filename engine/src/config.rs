@@ -21,6 +21,8 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// Most queue items claimed in one assignment pass.
     pub assign_batch: i64,
+    /// How often timeouts and lost workers are looked for.
+    pub sweep_interval: Duration,
 }
 
 impl EngineConfig {
@@ -33,6 +35,7 @@ impl EngineConfig {
             heartbeat_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             assign_batch: 500,
+            sweep_interval: Duration::from_secs(1),
         }
     }
 }

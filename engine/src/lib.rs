@@ -16,6 +16,7 @@ mod reports;
 pub mod rest;
 mod runs;
 mod signals;
+mod sweeper;
 mod task_events;
 pub mod tenant;
 mod workers;
@@ -41,6 +42,7 @@ pub async fn serve(
         closer.close_streams();
     });
     let assigner = tokio::spawn(assign::run(engine.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(sweeper::run(engine.clone(), shutdown.clone()));
     let report_queue = engine.inner.report_queue.lock().unwrap_or_else(|e| e.into_inner()).take();
     let flusher = report_queue.map(|queue| tokio::spawn(reports::run(engine.clone(), queue, shutdown.clone())));
     let signal_queue = engine.inner.signal_queue.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -62,6 +64,7 @@ pub async fn serve(
     if let Some(flusher) = flusher {
         flusher.await?;
     }
+    sweeper.await?;
     a?;
     g??;
     r??;

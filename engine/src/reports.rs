@@ -103,7 +103,7 @@ impl Engine {
     }
 
     /// Applies `events` in one transaction; one outcome per event, in order.
-    async fn apply(&self, events: &[StepEvent]) -> Result<Vec<Outcome>, EngineError> {
+    pub(crate) async fn apply(&self, events: &[StepEvent]) -> Result<Vec<Outcome>, EngineError> {
         let mut outcomes = vec![Outcome::Stale; events.len()];
         let mut active_runs: HashSet<Uuid> = HashSet::new();
         let mut tx = self.pool().begin().await?;
@@ -190,6 +190,8 @@ enum Finish {
     Completed(Value),
     Failed { error: String, should_not_retry: bool },
     Cancelled,
+    TimedOut { error: String },
+    WorkerLost,
 }
 
 impl Finish {
@@ -217,6 +219,8 @@ impl Finish {
                 Some(Finish::Failed { error: error.replace('\0', "\u{FFFD}"), should_not_retry: *should_not_retry })
             }
             StepEventKind::Cancelled => Some(Finish::Cancelled),
+            StepEventKind::TimedOut { error } => Some(Finish::TimedOut { error: error.clone() }),
+            StepEventKind::WorkerLost => Some(Finish::WorkerLost),
         }
     }
 }
@@ -288,6 +292,8 @@ struct Done {
     completed_names: Vec<String>,
     // failed with retries left: queued again (after the backoff)
     retried: Vec<(Uuid, i32, Option<std::time::Duration>, String)>,
+    // the worker was lost: queued again at once, no retry spent
+    lost: Vec<(Uuid, i32)>,
     // failed for good or cancelled: final, descendants cancelled
     final_ids: Vec<Uuid>,
     final_statuses: Vec<&'static str>,
@@ -310,19 +316,13 @@ impl Done {
                 self.completed_runs.push(a.run_id);
                 self.completed_names.push(a.readable_id.clone());
             }
-            Finish::Failed { error, should_not_retry } => {
-                self.ended_kinds.push("FAILED");
-                self.ended_messages.push(error.clone());
-                if !should_not_retry && a.app_retries < a.retries {
-                    let backoff = retry_backoff(a.backoff_factor, a.backoff_max_seconds, a.app_retries + 1);
-                    self.retried.push((a.task_id, a.retry_count + 1, backoff, error));
-                } else {
-                    self.final_ids.push(a.task_id);
-                    self.final_statuses.push("FAILED");
-                    self.final_errors.push(Some(error));
-                    self.final_runs.push((a.run_id, a.readable_id.clone(), "a parent task failed"));
-                }
+            Finish::WorkerLost => {
+                self.ended_kinds.push("REQUEUED");
+                self.ended_messages.push("the worker was lost; the task runs again".into());
+                self.lost.push((a.task_id, a.retry_count + 1));
             }
+            Finish::TimedOut { error } => self.failed(a, "TIMED_OUT", error, false),
+            Finish::Failed { error, should_not_retry } => self.failed(a, "FAILED", error, should_not_retry),
             Finish::Cancelled => {
                 self.ended_kinds.push("CANCELLED");
                 self.ended_messages.push(String::new());
@@ -331,6 +331,20 @@ impl Done {
                 self.final_errors.push(None);
                 self.final_runs.push((a.run_id, a.readable_id.clone(), "a parent task was cancelled"));
             }
+        }
+    }
+
+    fn failed(&mut self, a: &Attempt, kind: &'static str, error: String, should_not_retry: bool) {
+        self.ended_kinds.push(kind);
+        self.ended_messages.push(error.clone());
+        if !should_not_retry && a.app_retries < a.retries {
+            let backoff = retry_backoff(a.backoff_factor, a.backoff_max_seconds, a.app_retries + 1);
+            self.retried.push((a.task_id, a.retry_count + 1, backoff, error));
+        } else {
+            self.final_ids.push(a.task_id);
+            self.final_statuses.push("FAILED");
+            self.final_errors.push(Some(error));
+            self.final_runs.push((a.run_id, a.readable_id.clone(), "a parent task failed"));
         }
     }
 
@@ -382,7 +396,12 @@ impl Done {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let queued = released > 0 || self.retried.iter().any(|(_, _, b, _)| b.is_none_or(|b| b.is_zero()));
+        let queued = released > 0
+            || !self.lost.is_empty()
+            || self.retried.iter().any(|(_, _, b, _)| b.is_none_or(|b| b.is_zero()));
+        for (task_id, next) in &self.lost {
+            requeue(tx, tenant, *task_id, *next, None, "the worker was lost", false).await?;
+        }
         for (task_id, next, backoff, error) in &self.retried {
             requeue(tx, tenant, *task_id, *next, *backoff, error, true).await?;
         }

@@ -22,9 +22,21 @@ pub struct StepEvent {
 pub enum StepEventKind {
     Started,
     Acknowledged,
-    Completed { payload: String },
-    Failed { error: String, should_not_retry: bool },
+    Completed {
+        payload: String,
+    },
+    Failed {
+        error: String,
+        should_not_retry: bool,
+    },
     Cancelled,
+    /// The engine's own verdict: the attempt ran past its deadline (retried if it may).
+    TimedOut {
+        error: String,
+    },
+    /// The engine's own verdict: the attempt's worker is gone; it runs again elsewhere
+    /// without spending a retry.
+    WorkerLost,
 }
 
 /// What a report changed.

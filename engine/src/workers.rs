@@ -127,10 +127,11 @@ impl Engine {
         if removed {
             let engine = self.clone();
             tokio::spawn(async move {
-                let result = sqlx::query("UPDATE engine.worker SET is_active = false WHERE id = $1")
-                    .bind(worker_id)
-                    .execute(engine.pool())
-                    .await;
+                let result =
+                    sqlx::query("UPDATE engine.worker SET is_active = false, last_listener_at = now() WHERE id = $1")
+                        .bind(worker_id)
+                        .execute(engine.pool())
+                        .await;
                 if let Err(e) = result {
                     tracing::warn!(%worker_id, error = %e, "could not mark worker inactive");
                 }
@@ -151,11 +152,13 @@ impl Engine {
 
     /// The worker leaves: no more work, its stream ends.
     pub async fn unsubscribe(&self, worker_id: Uuid) -> Result<(), EngineError> {
-        let done = sqlx::query("UPDATE engine.worker SET is_active = false WHERE id = $1 AND tenant_id = $2")
-            .bind(worker_id)
-            .bind(self.tenant_id())
-            .execute(self.pool())
-            .await?;
+        let done = sqlx::query(
+            "UPDATE engine.worker SET is_active = false, last_listener_at = now() WHERE id = $1 AND tenant_id = $2",
+        )
+        .bind(worker_id)
+        .bind(self.tenant_id())
+        .execute(self.pool())
+        .await?;
         found(done, worker_id)?;
         self.connected().remove(&worker_id);
         Ok(())

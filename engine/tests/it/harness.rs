@@ -47,6 +47,11 @@ impl TestEngine {
     /// An engine that looks at the queue on its own only every `poll`: anything faster
     /// comes from a wake-up.
     pub async fn start_polling(pool: PgPool, poll: Duration) -> TestEngine {
+        TestEngine::start_configured(pool, |c| c.poll_interval = poll).await
+    }
+
+    /// An engine with settings changed by `adjust` (short timeouts, slow polls, ...).
+    pub async fn start_configured(pool: PgPool, adjust: impl FnOnce(&mut EngineConfig)) -> TestEngine {
         let identity = sfp_engine::tenant::load_or_create(&pool).await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -54,7 +59,9 @@ impl TestEngine {
         let rest_url = format!("http://{}", http.local_addr().unwrap());
         let key = TokenKey::new(&identity.secret);
         let mut config = EngineConfig::new(identity.tenant_id, key.clone(), grpc_address.clone(), rest_url.clone());
-        config.poll_interval = poll;
+        config.poll_interval = Duration::from_millis(200);
+        config.sweep_interval = Duration::from_millis(200);
+        adjust(&mut config);
         let token = key.mint(identity.tenant_id, &rest_url, &grpc_address, Duration::from_secs(3600)).unwrap();
         let shutdown = CancellationToken::new();
         let served = tokio::spawn(sfp_engine::serve(Engine::new(pool.clone(), config), grpc, http, shutdown.clone()));
@@ -238,6 +245,25 @@ impl TestWorker {
             }
         });
         TestWorker { id, seen, stop }
+    }
+
+    /// Heartbeats every 200 ms until the worker stops, as SDK workers do.
+    pub fn keep_alive(&self, engine: &TestEngine) {
+        let mut dispatcher = engine.dispatcher();
+        let id = self.id.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let beat = pb::HeartbeatRequest { worker_id: id.clone(), heartbeat_at: None };
+                if dispatcher.heartbeat(beat).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        });
     }
 
     /// Stops listening: the stream closes as if the worker's connection dropped.
