@@ -7,6 +7,7 @@
 //! background loops (assignment), until the cancellation token fires.
 
 mod assign;
+pub mod cancel;
 pub mod config;
 mod engine;
 mod events;

@@ -80,7 +80,7 @@ impl Engine {
         for (e, outcome) in expired.iter().zip(outcomes) {
             if outcome == Outcome::Recorded {
                 tracing::info!(task = %e.task_id, attempt = e.retry_count, "task timed out");
-                self.send_cancel(e);
+                self.send_cancel(e.worker_id, e.run_id, e.step_id, &e.readable_id, &e.action, e.task_id, e.retry_count);
             }
         }
         Ok(())
@@ -189,26 +189,36 @@ impl Engine {
     }
 
     /// Tells the attempt's worker, if its stream is held here, to stop the task.
-    fn send_cancel(&self, e: &Expired) {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_cancel(
+        &self,
+        worker_id: Uuid,
+        run_id: Uuid,
+        step_id: Uuid,
+        readable_id: &str,
+        action_id: &str,
+        task_id: Uuid,
+        retry_count: i32,
+    ) {
         let action = pb::AssignedAction {
             tenant_id: self.tenant_id().to_string(),
-            workflow_run_id: e.run_id.to_string(),
-            job_id: e.step_id.to_string(),
-            job_name: e.readable_id.clone(),
-            job_run_id: e.task_id.to_string(),
-            task_id: e.step_id.to_string(),
-            task_run_external_id: e.task_id.to_string(),
-            action_id: e.action.clone(),
+            workflow_run_id: run_id.to_string(),
+            job_id: step_id.to_string(),
+            job_name: readable_id.to_owned(),
+            job_run_id: task_id.to_string(),
+            task_id: step_id.to_string(),
+            task_run_external_id: task_id.to_string(),
+            action_id: action_id.to_owned(),
             action_type: pb::ActionType::CancelStepRun as i32,
             action_payload: "{}".into(),
-            task_name: e.readable_id.clone(),
-            retry_count: e.retry_count,
+            task_name: readable_id.to_owned(),
+            retry_count,
             ..Default::default()
         };
-        if let Some(w) = self.connected().get(&e.worker_id)
+        if let Some(w) = self.connected().get(&worker_id)
             && w.sender.try_send(Ok(action)).is_err()
         {
-            tracing::warn!(worker = %e.worker_id, "could not deliver a cancellation");
+            tracing::warn!(worker = %worker_id, "could not deliver a cancellation");
         }
     }
 }

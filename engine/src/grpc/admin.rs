@@ -1,8 +1,10 @@
-//! `/v1.AdminService/*`: registering workflows and reading runs.
+//! `/v1.AdminService/*`: registering workflows, reading runs, cancelling and replaying tasks.
 
 use sfp_protocol::pb::v1 as pbv1;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
+use crate::cancel::{Filter, Selection};
 use crate::engine::{Engine, parse_id};
 use crate::model::{RunStatus, WorkflowDefinition};
 use crate::runs::Trigger;
@@ -33,16 +35,22 @@ impl pbv1::admin_service_server::AdminService for AdminService {
 
     async fn cancel_tasks(
         &self,
-        _request: Request<pbv1::CancelTasksRequest>,
+        request: Request<pbv1::CancelTasksRequest>,
     ) -> Result<Response<pbv1::CancelTasksResponse>, Status> {
-        Err(Status::unimplemented("CancelTasks is not available yet"))
+        let req = request.into_inner();
+        let selection = selection(&req.external_ids, req.filter.as_ref())?;
+        let done = self.engine.cancel_tasks(&selection).await?;
+        Ok(Response::new(pbv1::CancelTasksResponse { cancelled_tasks: done.iter().map(Uuid::to_string).collect() }))
     }
 
     async fn replay_tasks(
         &self,
-        _request: Request<pbv1::ReplayTasksRequest>,
+        request: Request<pbv1::ReplayTasksRequest>,
     ) -> Result<Response<pbv1::ReplayTasksResponse>, Status> {
-        Err(Status::unimplemented("ReplayTasks is not available yet"))
+        let req = request.into_inner();
+        let selection = selection(&req.external_ids, req.filter.as_ref())?;
+        let done = self.engine.replay_tasks(&selection).await?;
+        Ok(Response::new(pbv1::ReplayTasksResponse { replayed_tasks: done.iter().map(Uuid::to_string).collect() }))
     }
 
     async fn trigger_workflow_run(
@@ -102,4 +110,31 @@ impl pbv1::admin_service_server::AdminService for AdminService {
             is_evicted: false,
         }))
     }
+}
+
+/// Task or run ids, and an optional filter, from a cancel or replay request.
+fn selection(ids: &[String], filter: Option<&pbv1::TasksFilter>) -> Result<Selection, Status> {
+    let ids = ids.iter().map(|id| parse_id(id, "external_ids")).collect::<Result<Vec<_>, _>>()?;
+    let filter = match filter {
+        None => None,
+        Some(f) => {
+            let since = f
+                .since
+                .as_ref()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+                .ok_or_else(|| Status::invalid_argument("filter.since is required"))?;
+            let until =
+                f.until.as_ref().and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32));
+            let workflow_ids =
+                f.workflow_ids.iter().map(|id| parse_id(id, "filter.workflow_ids")).collect::<Result<Vec<_>, _>>()?;
+            Some(Filter {
+                since,
+                until,
+                statuses: f.statuses.clone(),
+                workflow_ids,
+                additional_metadata: f.additional_metadata.clone(),
+            })
+        }
+    };
+    Ok(Selection { ids, filter })
 }

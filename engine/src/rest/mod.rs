@@ -2,6 +2,7 @@
 //! details in the exact shape the SDKs parse, and pausing workers.
 
 mod runs;
+mod tasks;
 mod workers;
 
 use axum::extract::{Request, State};
@@ -53,6 +54,8 @@ pub fn router(engine: Engine) -> Router {
         .route("/api/v1/version", get(version))
         .route("/api/v1/stable/workflow-runs/{run}", get(runs::get_run))
         .route("/api/v1/tenants/{tenant}/workflow-runs/{run}/shape", get(runs::get_run_shape))
+        .route("/api/v1/stable/tenants/{tenant}/tasks/cancel", axum::routing::post(tasks::cancel))
+        .route("/api/v1/stable/tenants/{tenant}/tasks/replay", axum::routing::post(tasks::replay))
         .route("/api/v1/workers/{worker}", get(workers::get_worker).patch(workers::update_worker))
         .layer(axum::middleware::from_fn_with_state(engine.clone(), authenticate));
     Router::new()

@@ -1,5 +1,6 @@
 //! The engine over real gRPC and REST against a real PostgreSQL (a fresh database per test).
 
+mod control;
 mod failures;
 mod harness;
 mod runs;
