@@ -23,6 +23,10 @@ pub struct EngineConfig {
     pub assign_batch: i64,
     /// How often timeouts and lost workers are looked for.
     pub sweep_interval: Duration,
+    /// How often the scheduling lease holder looks for due cron ticks and scheduled runs.
+    pub cron_interval: Duration,
+    /// Cron ticks missed (no engine running) are fired late if at most this old.
+    pub cron_catch_up: Duration,
 }
 
 impl EngineConfig {
@@ -36,6 +40,8 @@ impl EngineConfig {
             poll_interval: Duration::from_secs(1),
             assign_batch: 500,
             sweep_interval: Duration::from_secs(1),
+            cron_interval: Duration::from_millis(250),
+            cron_catch_up: Duration::from_secs(3600),
         }
     }
 }

@@ -9,6 +9,7 @@
 mod assign;
 pub mod cancel;
 pub mod config;
+pub mod crons;
 mod engine;
 mod events;
 pub mod grpc;
@@ -16,6 +17,7 @@ pub mod model;
 mod reports;
 pub mod rest;
 mod runs;
+pub mod schedules;
 mod signals;
 mod sweeper;
 mod task_events;
@@ -44,6 +46,7 @@ pub async fn serve(
     });
     let assigner = tokio::spawn(assign::run(engine.clone(), shutdown.clone()));
     let sweeper = tokio::spawn(sweeper::run(engine.clone(), shutdown.clone()));
+    let scheduler = tokio::spawn(crons::run(engine.clone(), shutdown.clone()));
     let report_queue = engine.inner.report_queue.lock().unwrap_or_else(|e| e.into_inner()).take();
     let flusher = report_queue.map(|queue| tokio::spawn(reports::run(engine.clone(), queue, shutdown.clone())));
     let signal_queue = engine.inner.signal_queue.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -66,6 +69,7 @@ pub async fn serve(
         flusher.await?;
     }
     sweeper.await?;
+    scheduler.await?;
     a?;
     g??;
     r??;

@@ -110,7 +110,11 @@ impl WorkflowDefinition {
             description: req.description.clone(),
             version: req.version.clone(),
             event_triggers: req.event_triggers.clone(),
-            cron_triggers: req.cron_triggers.clone(),
+            cron_triggers: req
+                .cron_triggers
+                .iter()
+                .map(|c| crate::crons::parse(c).map(|_| c.trim().to_owned()).map_err(invalid))
+                .collect::<Result<Vec<_>, _>>()?,
             cron_input,
             default_priority,
             tasks,

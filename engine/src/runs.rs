@@ -118,6 +118,20 @@ impl Engine {
     /// runs, their tasks and the first queue items. A name that matches no workflow leaves a
     /// run without a workflow, which the NOT NULL constraint refuses, so nothing is written.
     pub async fn trigger_many(&self, triggers: Vec<Trigger>) -> Result<Vec<Uuid>, EngineError> {
+        let mut conn = self.pool().acquire().await?;
+        let ids = self.trigger_on(&mut conn, triggers).await?;
+        self.wake_assigner();
+        self.announce_queued();
+        Ok(ids)
+    }
+
+    /// `trigger_many` on a connection of the caller's, inside its transaction if it has one
+    /// (a cron tick and its run commit together). The caller wakes the assigner after commit.
+    pub(crate) async fn trigger_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        triggers: Vec<Trigger>,
+    ) -> Result<Vec<Uuid>, EngineError> {
         for t in &triggers {
             if let Some(p) = t.priority
                 && !(MIN_PRIORITY..=MAX_PRIORITY).contains(&p)
@@ -186,7 +200,7 @@ impl Engine {
             .bind(&rows.child_keys)
             .bind(&rows.triggered_by)
             .bind(&rows.event_ids)
-            .execute(self.pool())
+            .execute(&mut *conn)
             .await;
             match inserted {
                 Ok(_) => break,
@@ -199,8 +213,6 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.wake_assigner();
-        self.announce_queued();
         Ok(rows.ids)
     }
 

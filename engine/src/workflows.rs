@@ -81,6 +81,7 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         }
+        self.sync_definition_crons(&mut tx, workflow_id, &def.cron_triggers, def.cron_input.as_ref()).await?;
         tx.commit().await?;
         tracing::info!(workflow = %def.name, %version_id, "workflow version registered");
         Ok(Registered { workflow_id, version_id, created_version: true })

@@ -39,9 +39,34 @@ fn to_trigger(req: pbv1::TriggerWorkflowRequest) -> Result<Trigger, Status> {
 impl pb::workflow_service_server::WorkflowService for WorkflowService {
     async fn schedule_workflow(
         &self,
-        _request: Request<pb::ScheduleWorkflowRequest>,
+        request: Request<pb::ScheduleWorkflowRequest>,
     ) -> Result<Response<pb::WorkflowVersion>, Status> {
-        Err(Status::unimplemented("ScheduleWorkflow is not available yet"))
+        let req = request.into_inner();
+        if req.schedules.is_empty() {
+            return Err(Status::invalid_argument("schedules: give at least one time"));
+        }
+        let input = parse_json(&req.input, "input")?;
+        let meta = parse_json(req.additional_metadata.as_deref().unwrap_or(""), "additional_metadata")?;
+        let mut scheduled = Vec::new();
+        let mut last = None;
+        for at in &req.schedules {
+            let when = chrono::DateTime::from_timestamp(at.seconds, at.nanos.max(0) as u32)
+                .ok_or_else(|| Status::invalid_argument("schedules: a time is out of range"))?;
+            let s = self.engine.create_schedule(&req.name, when, input.clone(), meta.clone(), req.priority).await?;
+            scheduled
+                .push(pb::ScheduledWorkflow { id: s.id.to_string(), trigger_at: Some(super::timestamp(s.trigger_at)) });
+            last = Some(s);
+        }
+        let s = last.expect("at least one schedule");
+        Ok(Response::new(pb::WorkflowVersion {
+            id: s.workflow_version_id.to_string(),
+            created_at: Some(super::timestamp(s.created_at)),
+            updated_at: Some(super::timestamp(s.updated_at)),
+            version: String::new(),
+            order: 0,
+            workflow_id: s.workflow_id.to_string(),
+            scheduled_workflows: scheduled,
+        }))
     }
 
     async fn trigger_workflow(

@@ -1,6 +1,7 @@
 //! The REST paths real Hatchet also has, on the engine's HTTP port: health, version, run
 //! details in the exact shape the SDKs parse, and pausing workers.
 
+mod crons;
 mod runs;
 mod tasks;
 mod workers;
@@ -55,6 +56,15 @@ pub fn router(engine: Engine) -> Router {
         .route("/api/v1/stable/workflow-runs/{run}", get(runs::get_run))
         .route("/api/v1/tenants/{tenant}/workflow-runs/{run}/shape", get(runs::get_run_shape))
         .route("/api/v1/stable/tenants/{tenant}/tasks/cancel", axum::routing::post(tasks::cancel))
+        .route("/api/v1/tenants/{tenant}/workflows/crons", get(crons::list_crons))
+        .route("/api/v1/tenants/{tenant}/workflows/crons/{id}", get(crons::get_cron).delete(crons::delete_cron))
+        .route("/api/v1/tenants/{tenant}/workflows/scheduled", get(crons::list_schedules))
+        .route(
+            "/api/v1/tenants/{tenant}/workflows/scheduled/{id}",
+            get(crons::get_schedule).delete(crons::delete_schedule),
+        )
+        .route("/api/v1/tenants/{tenant}/workflows/{workflow}/crons", axum::routing::post(crons::create_cron))
+        .route("/api/v1/tenants/{tenant}/workflows/{workflow}/scheduled", axum::routing::post(crons::create_schedule))
         .route("/api/v1/stable/tenants/{tenant}/tasks/replay", axum::routing::post(tasks::replay))
         .route("/api/v1/workers/{worker}", get(workers::get_worker).patch(workers::update_worker))
         .layer(axum::middleware::from_fn_with_state(engine.clone(), authenticate));

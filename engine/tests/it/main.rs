@@ -1,6 +1,7 @@
 //! The engine over real gRPC and REST against a real PostgreSQL (a fresh database per test).
 
 mod control;
+mod crons;
 mod failures;
 mod harness;
 mod runs;
