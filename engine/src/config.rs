@@ -23,7 +23,7 @@ pub struct EngineConfig {
     pub assign_batch: i64,
     /// How often timeouts and lost workers are looked for.
     pub sweep_interval: Duration,
-    /// How often the scheduling lease holder looks for due cron ticks and scheduled runs.
+    /// The shortest sleep of the scheduler between two looks for due work.
     pub cron_interval: Duration,
     /// Cron ticks missed (no engine running) are fired late if at most this old.
     pub cron_catch_up: Duration,

@@ -1,7 +1,8 @@
 //! Crons and one-off scheduled runs.
 //!
 //! One engine process per database holds the scheduling lease (a session advisory lock on a
-//! connection it keeps); it looks for due ticks every `cron_interval`. When it dies its
+//! connection it keeps); it sleeps until the next tick or scheduled run is due, wakes when
+//! one is added, and looks again every two seconds for those other processes added. When it dies its
 //! connection ends, the lock is released, and another process takes over within a second.
 //! Exactly once does not rest on the lease alone: each tick is a `cron_fire` row inserted in
 //! the transaction that starts its run, so a tick that was already fired (before a restart,
@@ -81,20 +82,53 @@ impl Engine {
             }
         }
         tracing::info!("this engine process holds the scheduling lease");
-        let every = self.config().cron_interval;
+        // Sleep until the next tick or schedule is due (or a cron or schedule is added here);
+        // look again every few seconds for what other processes added.
+        let refresh = Duration::from_secs(2);
         loop {
+            let changed = self.inner.schedules_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            // The lease lives as long as its connection: check it, then fire.
+            sqlx::query("SELECT 1").execute(&mut lease).await?;
+            self.fire_due_crons().await?;
+            self.fire_due_schedules().await?;
+            let wait = match self.next_due().await? {
+                Some(due) => (due - Utc::now()).to_std().unwrap_or_default().min(refresh),
+                None => refresh,
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     let _ = lease.close().await;
                     return Ok(());
                 }
-                _ = tokio::time::sleep(every) => {}
+                _ = &mut changed => {}
+                _ = tokio::time::sleep(wait.max(self.config().cron_interval.min(Duration::from_millis(20)))) => {}
             }
-            // The lease lives as long as its connection: check it, then fire.
-            sqlx::query("SELECT 1").execute(&mut lease).await?;
-            self.fire_due_crons().await?;
-            self.fire_due_schedules().await?;
         }
+    }
+
+    /// When the next cron tick or scheduled run is due.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let crons: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT c.expression, c.created_at, (SELECT max(f.tick) FROM engine.cron_fire f WHERE f.cron_id = c.id) \
+             FROM engine.cron c WHERE c.tenant_id = $1 AND c.enabled",
+        )
+        .bind(self.tenant_id())
+        .fetch_all(self.pool())
+        .await?;
+        let schedule: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT min(trigger_at) FROM engine.scheduled_run WHERE tenant_id = $1 AND run_id IS NULL",
+        )
+        .bind(self.tenant_id())
+        .fetch_one(self.pool())
+        .await?;
+        let now = Utc::now();
+        let ticks = crons.iter().filter_map(|(expr, created, last)| {
+            let from = last.unwrap_or(*created).max(now - chrono::Duration::seconds(1));
+            parse(expr).ok().and_then(|s| s.after(&from).next())
+        });
+        Ok(ticks.chain(schedule).min())
     }
 
     pub(crate) async fn fire_due_crons(&self) -> Result<usize, EngineError> {

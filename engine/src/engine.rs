@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     pub workers: Mutex<HashMap<Uuid, ConnectedWorker>>,
     /// Wakes the assigner: new queue items, freed slots, new streams.
     pub assign_wake: Notify,
+    /// Wakes the scheduler: a cron or scheduled run was added or changed here.
+    pub schedules_changed: Notify,
     /// Whether queue items may be waiting that this process could assign: set by whatever
     /// queues work or makes it assignable, cleared by a pass that drained what it could see.
     pub work_waiting: std::sync::atomic::AtomicBool,
@@ -97,6 +99,7 @@ impl Engine {
                 config,
                 workers: Mutex::new(HashMap::new()),
                 assign_wake: Notify::new(),
+                schedules_changed: Notify::new(),
                 work_waiting: std::sync::atomic::AtomicBool::new(true),
                 needs_capacity: std::sync::atomic::AtomicBool::new(false),
                 run_finished,

@@ -116,6 +116,7 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         }
+        self.inner.schedules_changed.notify_one();
         self.cron(id).await
     }
 
@@ -194,6 +195,7 @@ impl Engine {
         .bind(priority)
         .execute(self.pool())
         .await?;
+        self.inner.schedules_changed.notify_one();
         self.schedule(id).await
     }
 

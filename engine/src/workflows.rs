@@ -83,6 +83,9 @@ impl Engine {
         }
         self.sync_definition_crons(&mut tx, workflow_id, &def.cron_triggers, def.cron_input.as_ref()).await?;
         tx.commit().await?;
+        if !def.cron_triggers.is_empty() {
+            self.inner.schedules_changed.notify_one();
+        }
         tracing::info!(workflow = %def.name, %version_id, "workflow version registered");
         Ok(Registered { workflow_id, version_id, created_version: true })
     }
