@@ -96,13 +96,7 @@ impl Engine {
 
         // Waiting tasks: cancelled in one transaction with their queue and retry items.
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "SELECT r.id FROM engine.workflow_run r WHERE r.id IN \
-               (SELECT run_id FROM engine.task WHERE id = ANY($1)) ORDER BY r.id FOR UPDATE",
-        )
-        .bind(&targets)
-        .execute(&mut *tx)
-        .await?;
+        lock_runs_of(&mut tx, &targets).await?;
         let waiting: Vec<(Uuid, Uuid, String, i32)> = sqlx::query_as(
             "UPDATE engine.task SET status = 'CANCELLED', error = 'cancelled', finished_at = now() \
              WHERE id = ANY($1) AND status IN ('PENDING', 'QUEUED') \
@@ -186,13 +180,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "SELECT r.id FROM engine.workflow_run r WHERE r.id IN \
-               (SELECT run_id FROM engine.task WHERE id = ANY($1)) ORDER BY r.id FOR UPDATE",
-        )
-        .bind(&targets)
-        .execute(&mut *tx)
-        .await?;
+        lock_runs_of(&mut tx, &targets).await?;
         // Asking for a run replays what did not complete; asking for a task replays that task.
         let reset: Vec<(Uuid, Uuid)> = sqlx::query_as(
             "WITH RECURSIVE chosen AS ( \
@@ -256,4 +244,16 @@ impl Engine {
         tracing::info!(tasks = ids.len(), "tasks replayed");
         Ok(ids)
     }
+}
+
+/// Locks the runs of these tasks, in id order (the order every writer of runs uses).
+async fn lock_runs_of(tx: &mut sqlx::PgConnection, tasks: &[Uuid]) -> Result<(), EngineError> {
+    sqlx::query(
+        "SELECT r.id FROM engine.workflow_run r WHERE r.id IN \
+           (SELECT run_id FROM engine.task WHERE id = ANY($1)) ORDER BY r.id FOR UPDATE",
+    )
+    .bind(tasks)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

@@ -161,20 +161,13 @@ pub async fn create(
     .bind(caller.user_id)
     .execute(&mut *tx)
     .await;
-    match inserted {
-        Ok(_) => {}
-        Err(e) if rls::is_duplicate(&e) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("project {identifier:?} already exists; POST never replaces a project"),
-            ));
-        }
-        Err(e) if rls::is_refused(&e) => {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "you may not add projects to this team"));
-        }
-        Err(e) => return Err(e.into()),
-    }
+    inserted.map_err(|e| {
+        rls::write_error(
+            e,
+            || format!("project {identifier:?} already exists; POST never replaces a project"),
+            || "you may not add projects to this team".into(),
+        )
+    })?;
     let row: ProjectRow = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE p.identifier = $1")))
         .bind(identifier)
         .fetch_one(&mut *tx)

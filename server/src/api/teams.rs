@@ -102,16 +102,9 @@ pub async fn create(
         .bind(caller.user_id)
         .execute(&mut *tx)
         .await;
-    match inserted {
-        Ok(_) => {}
-        Err(e) if rls::is_duplicate(&e) => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("team {slug:?} already exists")));
-        }
-        Err(e) if rls::is_refused(&e) => {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only owners create teams"));
-        }
-        Err(e) => return Err(e.into()),
-    }
+    inserted.map_err(|e| {
+        rls::write_error(e, || format!("team {slug:?} already exists"), || "only owners create teams".into())
+    })?;
     let row: TeamRow =
         sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE t.id = $1"))).bind(id).fetch_one(&mut *tx).await?;
     tx.commit().await?;
@@ -209,8 +202,10 @@ fn team_role(role: Option<&str>) -> ApiResult<&'static str> {
     }
 }
 
+const REFUSED: &str = "only the team's owners and instance owners manage its members";
+
 fn refused() -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only the team's owners and instance owners manage its members")
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", REFUSED)
 }
 
 async fn user_id_by_email(pool: &sqlx::PgPool, email: &str) -> ApiResult<Uuid> {
@@ -243,14 +238,7 @@ pub async fn add_member(
         .bind(role)
         .execute(&mut *tx)
         .await;
-    match inserted {
-        Ok(_) => {}
-        Err(e) if rls::is_duplicate(&e) => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("{} is already a member", body.email)));
-        }
-        Err(e) if rls::is_refused(&e) => return Err(refused()),
-        Err(e) => return Err(e.into()),
-    }
+    inserted.map_err(|e| rls::write_error(e, || format!("{} is already a member", body.email), || REFUSED.into()))?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(json!({"team": slug, "email": body.email, "role": role}))))
 }

@@ -7,7 +7,10 @@
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use axum::http::StatusCode;
+
 use super::{Caller, CallerKind};
+use crate::api::error::ApiError;
 
 pub async fn begin_as(pool: &PgPool, caller: &Caller) -> sqlx::Result<Transaction<'static, Postgres>> {
     let mut tx = pool.begin().await?;
@@ -35,4 +38,16 @@ pub fn is_refused(e: &sqlx::Error) -> bool {
 /// Whether a database error is a unique violation.
 pub fn is_duplicate(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+/// The answer to a write that failed: 409 for a duplicate, 403 for a row the policies
+/// refuse, the database error otherwise.
+pub fn write_error(e: sqlx::Error, duplicate: impl FnOnce() -> String, refused: impl FnOnce() -> String) -> ApiError {
+    if is_duplicate(&e) {
+        ApiError::new(StatusCode::CONFLICT, "conflict", duplicate())
+    } else if is_refused(&e) {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", refused())
+    } else {
+        e.into()
+    }
 }
