@@ -211,9 +211,14 @@ impl Cluster {
         if !self.is_running().await? {
             return Ok(false);
         }
+        // pg_ctl returns once the pid file is gone; the postmaster may still be exiting then.
+        let postmaster = self.postmaster_pid();
         let mut cmd = self.pg_command("pg_ctl");
         cmd.args(["stop", "-w", "-t", "60", "-s", "-m", "fast", "-D"]).arg(self.data_dir());
         run(cmd, "pg_ctl stop").await?;
+        if let Some(pid) = postmaster {
+            wait_for_exit(pid, Duration::from_secs(30)).await;
+        }
         Ok(true)
     }
 
