@@ -30,6 +30,9 @@ fn python_sdk_runs_dags_retries_failures_events_and_streams() {
         "ok: an event push started the workflow",
         "ok: subscribe_to_stream yields the task's chunks",
         "ok: the streaming task's result",
+        "ok: hatchet.cron creates and lists a cron",
+        "ok: hatchet.cron deletes it",
+        "ok: hatchet.scheduled creates and lists a scheduled run",
     ] {
         assert!(printed.contains(expectation), "missing {expectation:?} in:\n{printed}");
     }

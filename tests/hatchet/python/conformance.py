@@ -11,6 +11,7 @@ that reuses the same engine. Exits non-zero on the first broken expectation.
 """
 
 import asyncio
+import datetime
 import json
 import os
 import subprocess
@@ -124,6 +125,18 @@ def client() -> None:
         check(chunks == ["chunk 0", "chunk 1", "chunk 2"], f"subscribe_to_stream yields the task's chunks {chunks}")
         result = ref.result()
         check(result == {"chunks": 3}, f"the streaming task's result {result}")
+
+        cron = hatchet.cron.create(
+            workflow_name="py-dag", cron_name="nightly", expression="0 2 * * *", input={"n": 1}, additional_metadata={}
+        )
+        check(any(r.metadata.id == cron.metadata.id for r in hatchet.cron.list().rows), "hatchet.cron creates and lists a cron")
+        hatchet.cron.delete(cron.metadata.id)
+        check(all(r.metadata.id != cron.metadata.id for r in hatchet.cron.list().rows), "hatchet.cron deletes it")
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        scheduled = hatchet.scheduled.create(workflow_name="py-flaky", trigger_at=later, input={}, additional_metadata={})
+        check(any(r.metadata.id == scheduled.metadata.id for r in hatchet.scheduled.list().rows),
+              "hatchet.scheduled creates and lists a scheduled run")
+        hatchet.scheduled.delete(scheduled.metadata.id)
 
         marker = Path(tempfile.mkdtemp()) / "event-seen.json"
         hatchet.event.push("py:event", {"marker": str(marker)})
