@@ -67,6 +67,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/api/v1/tenants/{tenant}/workflows/{workflow}/scheduled", axum::routing::post(crons::create_schedule))
         .route("/api/v1/stable/tenants/{tenant}/tasks/replay", axum::routing::post(tasks::replay))
         .route("/api/v1/workers/{worker}", get(workers::get_worker).patch(workers::update_worker))
+        .route("/api/v1/tenants/{tenant}/worker", get(workers::list_workers))
         .layer(axum::middleware::from_fn_with_state(engine.clone(), authenticate));
     Router::new()
         .route("/api/ready", get(ready))

@@ -1,5 +1,6 @@
-//! `GET|PATCH /api/v1/workers/{id}` in the shape of Hatchet's `Worker` model (the Python SDK
-//! validates the PATCH answer when it pauses a worker on shutdown).
+//! `GET|PATCH /api/v1/workers/{id}` and `GET /api/v1/tenants/{tenant}/worker` in the shape of
+//! Hatchet's `Worker` model (the Python SDK validates the PATCH answer when it pauses a worker
+//! on shutdown): slots in use and free, last heartbeat, status.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -32,6 +33,39 @@ pub async fn update_worker(
         engine.set_paused(id, paused).await?;
     }
     Ok(Json(worker_json(&engine, id).await?))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    /// Only workers with a live stream (or paused), as Hatchet lists them by default.
+    #[serde(default)]
+    all: bool,
+}
+
+pub async fn list_workers(
+    State(engine): State<Engine>,
+    Path(tenant): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> Result<Json<Value>, RestError> {
+    if parse_id(&tenant, "tenant")? != engine.tenant_id() {
+        return Err(RestError(axum::http::StatusCode::FORBIDDEN, format!("tenant {tenant} is not served here")));
+    }
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM engine.worker WHERE tenant_id = $1 AND ($2 OR is_active OR is_paused) ORDER BY created_at DESC LIMIT 1000",
+    )
+    .bind(engine.tenant_id())
+    .bind(q.all)
+    .fetch_all(engine.pool())
+    .await
+    .map_err(EngineError::from)?;
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
+        rows.push(worker_json(&engine, id).await?);
+    }
+    let count = rows.len();
+    Ok(Json(
+        json!({"rows": rows, "pagination": {"current_page": 1, "num_pages": 1, "next_page": null, "count": count}}),
+    ))
 }
 
 type WorkerRow =

@@ -173,3 +173,37 @@ async fn a_failed_run_replays_from_the_failed_step_keeping_completed_outputs(poo
     let deploy = view["tasks"].as_array().unwrap().iter().find(|t| t["displayName"] == "deploy").unwrap();
     assert_eq!(deploy["retryCount"], 1, "the replay is a new attempt");
 }
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn the_worker_list_shows_slots_in_use_and_free(pool: PgPool) {
+    let engine = TestEngine::start(pool).await;
+    engine.put_workflow("busy", vec![task("busy", "t", &[])]).await;
+    let mut busy = TestWorker::start(&engine, &["busy:t"], 3, |_| Reply::Hold).await;
+    let idle = TestWorker::start(&engine, &["other:t"], 2, |_| Reply::Hold).await;
+    let run = engine.trigger("busy", json!({}), None).await;
+    busy.next_assignment().await;
+    let tenant = tenant(&engine, &run).await;
+    let list = engine.rest_get(&format!("/api/v1/tenants/{tenant}/worker")).await;
+    let rows = list["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let find = |id: &str| rows.iter().find(|w| w["metadata"]["id"] == id).unwrap().clone();
+    let b = find(&busy.id);
+    assert_eq!((b["maxRuns"].as_i64(), b["availableRuns"].as_i64()), (Some(3), Some(2)), "{b}");
+    assert_eq!(b["status"], "ACTIVE");
+    assert!(b["lastHeartbeatAt"].is_string());
+    let i = find(&idle.id);
+    assert_eq!((i["maxRuns"].as_i64(), i["availableRuns"].as_i64()), (Some(2), Some(2)));
+    // A worker whose stream is gone is not listed unless asked for.
+    idle.disconnect();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let list = engine.rest_get(&format!("/api/v1/tenants/{tenant}/worker")).await;
+        if list["rows"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the disconnected worker leaves the list");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let all = engine.rest_get(&format!("/api/v1/tenants/{tenant}/worker?all=true")).await;
+    assert_eq!(all["rows"].as_array().unwrap().len(), 2);
+}
