@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::engine::{Engine, EngineError};
+use crate::sweeper::{RUNNING_ATTEMPT, RunningAttempt};
 use crate::task_events::{Outcome, StepEvent, StepEventKind, cancel_descendants};
 
 /// Which tasks: ids of tasks or runs, and/or a filter over runs.
@@ -30,17 +31,6 @@ pub struct Filter {
     pub workflow_ids: Vec<Uuid>,
     /// `key:value` pairs the run's additional metadata must all have.
     pub additional_metadata: Vec<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct Running {
-    task_id: Uuid,
-    retry_count: i32,
-    worker_id: Uuid,
-    run_id: Uuid,
-    step_id: Uuid,
-    readable_id: String,
-    action: String,
 }
 
 impl Engine {
@@ -135,11 +125,11 @@ impl Engine {
         self.announce_activity(runs);
 
         // Running tasks: the same path as a worker's CANCELLED report; then the worker stops.
-        let running: Vec<Running> = sqlx::query_as(
-            "SELECT rt.task_id, rt.retry_count, rt.worker_id, t.run_id, t.step_id, t.readable_id, t.action \
+        let running: Vec<RunningAttempt> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUNNING_ATTEMPT} \
              FROM engine.task_runtime rt JOIN engine.task t ON t.id = rt.task_id AND t.retry_count = rt.retry_count \
-             WHERE rt.task_id = ANY($1)",
-        )
+             JOIN engine.step s ON s.id = t.step_id WHERE rt.task_id = ANY($1)"
+        )))
         .bind(&targets)
         .fetch_all(self.pool())
         .await?;
@@ -156,15 +146,7 @@ impl Engine {
             let outcomes = self.apply(&events).await?;
             for (r, outcome) in running.iter().zip(outcomes) {
                 if outcome == Outcome::Recorded {
-                    self.send_cancel(
-                        r.worker_id,
-                        r.run_id,
-                        r.step_id,
-                        &r.readable_id,
-                        &r.action,
-                        r.task_id,
-                        r.retry_count,
-                    );
+                    self.send_cancel(r);
                     cancelled.push(r.task_id);
                 }
             }

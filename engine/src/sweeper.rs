@@ -32,17 +32,23 @@ pub(crate) async fn run(engine: Engine, shutdown: CancellationToken) {
     }
 }
 
+/// A running attempt, with what its worker needs to be told to stop it.
 #[derive(sqlx::FromRow)]
-struct Expired {
-    task_id: Uuid,
-    retry_count: i32,
-    worker_id: Uuid,
-    run_id: Uuid,
-    step_id: Uuid,
-    readable_id: String,
-    action: String,
-    timeout_ms: i64,
+pub(crate) struct RunningAttempt {
+    pub task_id: Uuid,
+    pub retry_count: i32,
+    pub worker_id: Uuid,
+    pub run_id: Uuid,
+    pub step_id: Uuid,
+    pub readable_id: String,
+    pub action: String,
+    pub timeout_ms: i64,
 }
+
+/// The columns of a `RunningAttempt`, for `FROM engine.task_runtime rt JOIN engine.task t
+/// JOIN engine.step s`.
+pub(crate) const RUNNING_ATTEMPT: &str =
+    "rt.task_id, rt.retry_count, rt.worker_id, t.run_id, t.step_id, t.readable_id, t.action, s.timeout_ms";
 
 impl Engine {
     pub(crate) async fn sweep(&self) -> Result<(), EngineError> {
@@ -53,11 +59,11 @@ impl Engine {
     }
 
     async fn sweep_timeouts(&self) -> Result<(), EngineError> {
-        let expired: Vec<Expired> = sqlx::query_as(
-            "SELECT rt.task_id, rt.retry_count, rt.worker_id, t.run_id, t.step_id, t.readable_id, t.action, s.timeout_ms \
+        let expired: Vec<RunningAttempt> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUNNING_ATTEMPT} \
              FROM engine.task_runtime rt JOIN engine.task t ON t.id = rt.task_id JOIN engine.step s ON s.id = t.step_id \
-             WHERE t.tenant_id = $1 AND rt.timeout_at <= now() ORDER BY rt.timeout_at LIMIT $2",
-        )
+             WHERE t.tenant_id = $1 AND rt.timeout_at <= now() ORDER BY rt.timeout_at LIMIT $2"
+        )))
         .bind(self.tenant_id())
         .bind(BATCH)
         .fetch_all(self.pool())
@@ -80,7 +86,7 @@ impl Engine {
         for (e, outcome) in expired.iter().zip(outcomes) {
             if outcome == Outcome::Recorded {
                 tracing::info!(task = %e.task_id, attempt = e.retry_count, "task timed out");
-                self.send_cancel(e.worker_id, e.run_id, e.step_id, &e.readable_id, &e.action, e.task_id, e.retry_count);
+                self.send_cancel(e);
             }
         }
         Ok(())
@@ -189,36 +195,26 @@ impl Engine {
     }
 
     /// Tells the attempt's worker, if its stream is held here, to stop the task.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn send_cancel(
-        &self,
-        worker_id: Uuid,
-        run_id: Uuid,
-        step_id: Uuid,
-        readable_id: &str,
-        action_id: &str,
-        task_id: Uuid,
-        retry_count: i32,
-    ) {
+    pub(crate) fn send_cancel(&self, a: &RunningAttempt) {
         let action = pb::AssignedAction {
             tenant_id: self.tenant_id().to_string(),
-            workflow_run_id: run_id.to_string(),
-            job_id: step_id.to_string(),
-            job_name: readable_id.to_owned(),
-            job_run_id: task_id.to_string(),
-            task_id: step_id.to_string(),
-            task_run_external_id: task_id.to_string(),
-            action_id: action_id.to_owned(),
+            workflow_run_id: a.run_id.to_string(),
+            job_id: a.step_id.to_string(),
+            job_name: a.readable_id.clone(),
+            job_run_id: a.task_id.to_string(),
+            task_id: a.step_id.to_string(),
+            task_run_external_id: a.task_id.to_string(),
+            action_id: a.action.clone(),
             action_type: pb::ActionType::CancelStepRun as i32,
             action_payload: "{}".into(),
-            task_name: readable_id.to_owned(),
-            retry_count,
+            task_name: a.readable_id.clone(),
+            retry_count: a.retry_count,
             ..Default::default()
         };
-        if let Some(w) = self.connected().get(&worker_id)
+        if let Some(w) = self.connected().get(&a.worker_id)
             && w.sender.try_send(Ok(action)).is_err()
         {
-            tracing::warn!(worker = %worker_id, "could not deliver a cancellation");
+            tracing::warn!(worker = %a.worker_id, "could not deliver a cancellation");
         }
     }
 }

@@ -9,16 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::RestError;
+use super::{RestError, check_tenant};
 use crate::engine::{Engine, parse_id};
 use crate::schedules::{CronView, ScheduleView};
-
-fn check_tenant(engine: &Engine, tenant: &str) -> Result<(), RestError> {
-    if parse_id(tenant, "tenant")? != engine.tenant_id() {
-        return Err(RestError(StatusCode::FORBIDDEN, format!("tenant {tenant} is not served here")));
-    }
-    Ok(())
-}
 
 fn meta(id: uuid::Uuid, created: DateTime<Utc>, updated: DateTime<Utc>) -> Value {
     json!({"id": id, "createdAt": created, "updatedAt": updated})
@@ -113,14 +106,19 @@ pub struct ListQuery {
     cron_name: Option<String>,
 }
 
+/// Offset, page size and workflow filter of a list request.
+fn paging(q: &ListQuery) -> Result<(i64, i64, Option<uuid::Uuid>), RestError> {
+    let workflow = q.workflow_id.as_deref().map(|w| parse_id(w, "workflowId")).transpose()?;
+    Ok((q.offset.unwrap_or(0).max(0), q.limit.unwrap_or(50).clamp(1, 1000), workflow))
+}
+
 pub async fn list_crons(
     State(engine): State<Engine>,
     Path(tenant): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, RestError> {
     check_tenant(&engine, &tenant)?;
-    let (offset, limit) = (q.offset.unwrap_or(0).max(0), q.limit.unwrap_or(50).clamp(1, 1000));
-    let workflow = q.workflow_id.as_deref().map(|w| parse_id(w, "workflowId")).transpose()?;
+    let (offset, limit, workflow) = paging(&q)?;
     let (rows, total) = engine.crons(workflow, q.cron_name.as_deref(), offset, limit).await?;
     Ok(Json(page(rows.iter().map(|c| cron_json(&engine, c)).collect(), total, offset, limit)))
 }
@@ -178,8 +176,7 @@ pub async fn list_schedules(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, RestError> {
     check_tenant(&engine, &tenant)?;
-    let (offset, limit) = (q.offset.unwrap_or(0).max(0), q.limit.unwrap_or(50).clamp(1, 1000));
-    let workflow = q.workflow_id.as_deref().map(|w| parse_id(w, "workflowId")).transpose()?;
+    let (offset, limit, workflow) = paging(&q)?;
     let (rows, total) = engine.schedules(workflow, offset, limit).await?;
     Ok(Json(page(rows.iter().map(|s| schedule_json(&engine, s)).collect(), total, offset, limit)))
 }

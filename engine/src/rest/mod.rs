@@ -50,6 +50,14 @@ impl From<EngineError> for RestError {
     }
 }
 
+/// A tenant in a path must be the one this engine serves (403 otherwise).
+fn check_tenant(engine: &Engine, tenant: &str) -> Result<(), RestError> {
+    if crate::engine::parse_id(tenant, "tenant")? != engine.tenant_id() {
+        return Err(RestError(StatusCode::FORBIDDEN, format!("tenant {tenant} is not served here")));
+    }
+    Ok(())
+}
+
 pub fn router(engine: Engine) -> Router {
     let authenticated = Router::new()
         .route("/api/v1/version", get(version))

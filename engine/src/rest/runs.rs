@@ -23,10 +23,7 @@ pub async fn get_run_shape(
     State(engine): State<Engine>,
     Path((tenant, run)): Path<(String, String)>,
 ) -> Result<Json<Value>, RestError> {
-    let tenant_id = parse_id(&tenant, "tenant id")?;
-    if tenant_id != engine.tenant_id() {
-        return Err(RestError(axum::http::StatusCode::FORBIDDEN, format!("tenant {tenant_id} is not served here")));
-    }
+    super::check_tenant(&engine, &tenant)?;
     let run_id = parse_id(&run, "workflow run id")?;
     let run = engine.run_view(run_id).await?;
     Ok(Json(shape_json(&engine, &run)))

@@ -3,12 +3,11 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::RestError;
+use super::{RestError, check_tenant};
 use crate::cancel::{Filter, Selection};
 use crate::engine::{Engine, parse_id};
 
@@ -34,9 +33,7 @@ pub struct TaskFilter {
 }
 
 fn selection(engine: &Engine, tenant: &str, body: TaskRequest) -> Result<Selection, RestError> {
-    if parse_id(tenant, "tenant")? != engine.tenant_id() {
-        return Err(RestError(StatusCode::FORBIDDEN, format!("tenant {tenant} is not served here")));
-    }
+    check_tenant(engine, tenant)?;
     let ids = body.external_ids.iter().map(|id| parse_id(id, "externalIds")).collect::<Result<Vec<_>, _>>()?;
     let filter = match body.filter {
         None => None,

@@ -47,9 +47,7 @@ pub async fn list_workers(
     Path(tenant): Path<String>,
     axum::extract::Query(q): axum::extract::Query<ListQuery>,
 ) -> Result<Json<Value>, RestError> {
-    if parse_id(&tenant, "tenant")? != engine.tenant_id() {
-        return Err(RestError(axum::http::StatusCode::FORBIDDEN, format!("tenant {tenant} is not served here")));
-    }
+    super::check_tenant(&engine, &tenant)?;
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM engine.worker WHERE tenant_id = $1 AND ($2 OR is_active OR is_paused) ORDER BY created_at DESC LIMIT 1000",
     )

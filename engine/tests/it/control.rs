@@ -207,3 +207,41 @@ async fn the_worker_list_shows_slots_in_use_and_free(pool: PgPool) {
     let all = engine.rest_get(&format!("/api/v1/tenants/{tenant}/worker?all=true")).await;
     assert_eq!(all["rows"].as_array().unwrap().len(), 2);
 }
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn cancel_replay_and_worker_requests_refuse_bad_ids_and_other_tenants(pool: PgPool) {
+    let engine = TestEngine::start(pool.clone()).await;
+    engine.put_workflow("bad", vec![task("bad", "t", &[])]).await;
+    let run = engine.trigger("bad", json!({}), None).await;
+    let tenant = tenant(&engine, &run).await;
+    let other = uuid::Uuid::new_v4();
+    for verb in ["cancel", "replay"] {
+        let (status, body) = rest_post(
+            &engine,
+            &format!("/api/v1/stable/tenants/{tenant}/tasks/{verb}"),
+            json!({"externalIds": ["nope"]}),
+        )
+        .await;
+        assert_eq!(status, 400, "{verb}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("externalIds"), "{body}");
+        let (status, _) =
+            rest_post(&engine, &format!("/api/v1/stable/tenants/{other}/tasks/{verb}"), json!({"externalIds": [run]}))
+                .await;
+        assert_eq!(status, 403, "{verb} for another tenant");
+    }
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/v1/tenants/{other}/worker", engine.rest_url))
+        .bearer_auth(&engine.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let err = engine
+        .admin()
+        .cancel_tasks(pbv1::CancelTasksRequest { external_ids: vec!["not-a-uuid".into()], filter: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // Nothing was cancelled by the refused requests.
+    assert_eq!(engine.details(&run).await.status, pbv1::RunStatus::Queued as i32);
+}

@@ -98,8 +98,8 @@ async fn audit_calls(State(state): State<AppState>, request: Request, next: Next
     response
 }
 
-/// A GoTrue error: the stable body with GoTrue's code.
-fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+/// A GoTrue error: the stable body with GoTrue's code (repeated in `x-sb-error-code`).
+pub(super) fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
     let mut response = ApiError::new(status, code, message).into_response();
     response.extensions_mut().insert(ErrorCode(code));
     response

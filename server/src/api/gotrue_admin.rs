@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::gotrue::error;
 use super::json::ApiJson;
 use crate::auth::{password, sessions};
 use crate::state::AppState;
@@ -23,10 +24,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/users", get(list).post(create))
         .route("/admin/users/{id}", get(get_one).put(update).delete(remove))
-}
-
-fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
-    ApiError::new(status, code, message).into_response()
 }
 
 /// Only a service-role JWT of this instance may administer users.
