@@ -13,6 +13,8 @@ pub mod crons;
 mod engine;
 mod events;
 pub mod grpc;
+pub mod history;
+pub mod listing;
 pub mod model;
 mod reports;
 pub mod rest;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sfp_tests::sdk::{FreshDatabase, run_script, tool_from_env, workspace_binary};
 
 #[test]
-fn python_sdk_runs_dags_retries_failures_events_and_streams() {
+fn python_sdk_runs_dags_retries_failures_events_streams_lists_logs_and_cancels() {
     let python = tool_from_env("SFP_TEST_PYTHON");
     let engine = workspace_binary("sfp-engine");
     let db = FreshDatabase::create();
@@ -33,6 +33,15 @@ fn python_sdk_runs_dags_retries_failures_events_and_streams() {
         "ok: hatchet.cron creates and lists a cron",
         "ok: hatchet.cron deletes it",
         "ok: hatchet.scheduled creates and lists a scheduled run",
+        "ok: runs.get_status says COMPLETED",
+        "ok: runs.get_task_run",
+        "ok: runs.list finds the completed run",
+        "ok: runs.list filters by status",
+        "ok: runs.list lists the failed run",
+        "ok: runs.list pages",
+        "ok: logs.list returns the task's log lines",
+        "ok: the running task saw its cancellation (ctx.is_cancelled)",
+        "ok: the run is CANCELLED",
     ] {
         assert!(printed.contains(expectation), "missing {expectation:?} in:\n{printed}");
     }

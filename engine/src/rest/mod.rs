@@ -2,6 +2,7 @@
 //! details in the exact shape the SDKs parse, and pausing workers.
 
 mod crons;
+mod listing;
 mod runs;
 mod tasks;
 mod workers;
@@ -62,6 +63,12 @@ pub fn router(engine: Engine) -> Router {
     let authenticated = Router::new()
         .route("/api/v1/version", get(version))
         .route("/api/v1/stable/workflow-runs/{run}", get(runs::get_run))
+        .route("/api/v1/stable/workflow-runs/{run}/status", get(listing::run_status))
+        .route("/api/v1/stable/workflow-runs/{run}/task-events", get(listing::run_task_events))
+        .route("/api/v1/stable/tenants/{tenant}/workflow-runs", get(listing::list_runs))
+        .route("/api/v1/stable/tasks/{task}", get(listing::get_task))
+        .route("/api/v1/stable/tasks/{task}/task-events", get(listing::task_events))
+        .route("/api/v1/stable/tasks/{task}/logs", get(listing::task_logs))
         .route("/api/v1/tenants/{tenant}/workflow-runs/{run}/shape", get(runs::get_run_shape))
         .route("/api/v1/stable/tenants/{tenant}/tasks/cancel", axum::routing::post(tasks::cancel))
         .route("/api/v1/tenants/{tenant}/workflows/crons", get(crons::list_crons))

@@ -4,6 +4,7 @@ mod control;
 mod crons;
 mod failures;
 mod harness;
+mod operations;
 mod runs;
 mod scheduling;
 mod streams;

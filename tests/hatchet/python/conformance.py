@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from hatchet_sdk import Context, EmptyModel, Hatchet
+from hatchet_sdk import Context, EmptyModel, Hatchet, V1TaskStatus
 
 hatchet = Hatchet.from_embedded()
 
@@ -73,8 +73,29 @@ async def streams(input: EmptyModel, ctx: Context) -> dict:
     return {"chunks": 3}
 
 
+@hatchet.task(name="py-logs")
+def logs(input: EmptyModel, ctx: Context) -> dict:
+    ctx.log("building package core")
+    ctx.log("building package data")
+    return {"logged": 2}
+
+
+@hatchet.task(name="py-cancellable", input_validator=Marker, execution_timeout="2m")
+def cancellable(input: Marker, ctx: Context) -> dict:
+    Path(input.marker + ".started").write_text("started")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if ctx.is_cancelled:
+            Path(input.marker).write_text("cancelled")
+            return {"cancelled": True}
+        time.sleep(0.1)
+    return {"cancelled": False}
+
+
 def worker() -> None:
-    w = hatchet.worker("py-conformance", slots=4, workflows=[dag, flaky, always_fails, on_event, streams])
+    w = hatchet.worker(
+        "py-conformance", slots=4, workflows=[dag, flaky, always_fails, on_event, streams, logs, cancellable]
+    )
     w.start()
 
 
@@ -95,6 +116,53 @@ def retry_until_registered(call):
             if "not registered" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def wait_for(condition, seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def operations() -> None:
+    """The run list, run status, one task and its logs through the SDK's REST features."""
+    ref = retry_until_registered(lambda: logs.run_no_wait())
+    ref.result()
+    check(hatchet.runs.get_status(ref.workflow_run_id) == V1TaskStatus.COMPLETED, "runs.get_status says COMPLETED")
+    task_id = hatchet.runs.get(ref.workflow_run_id).tasks[0].task_external_id
+    summary = hatchet.runs.get_task_run(task_id)
+    check(summary.output == {"logged": 2} and summary.display_name == "py-logs", f"runs.get_task_run {summary.output}")
+    listed = hatchet.runs.list(statuses=[V1TaskStatus.COMPLETED], limit=100)
+    check(any(r.workflow_run_external_id == ref.workflow_run_id for r in listed.rows), "runs.list finds the completed run")
+    check(all(r.status == V1TaskStatus.COMPLETED for r in listed.rows), "runs.list filters by status")
+    failed = hatchet.runs.list(statuses=[V1TaskStatus.FAILED])
+    check(any(r.display_name == "py-fail" for r in failed.rows), "runs.list lists the failed run")
+    check(all(r.status == V1TaskStatus.FAILED for r in failed.rows), "only failed runs")
+    paged = hatchet.runs.list(limit=1, offset=1)
+    check(len(paged.rows) == 1 and paged.pagination.current_page == 2, f"runs.list pages {paged.pagination}")
+    lines: list = []
+
+    def logged() -> bool:
+        lines[:] = [line.message for line in (hatchet.logs.list(task_id).rows or [])]
+        return len(lines) == 2
+
+    check(wait_for(logged, 30), f"logs.list returns the task's log lines {lines}")
+    check(lines == ["building package core", "building package data"], f"in order {lines}")
+
+
+def cancel_reaches_a_running_task() -> None:
+    marker = Path(tempfile.mkdtemp()) / "cancelled"
+    ref = retry_until_registered(lambda: cancellable.run_no_wait(Marker(marker=str(marker))))
+    check(wait_for(lambda: Path(str(marker) + ".started").exists()), "the cancellable task started")
+    hatchet.runs.cancel(ref.workflow_run_id)
+    check(wait_for(marker.exists), "the running task saw its cancellation (ctx.is_cancelled)")
+    check(
+        wait_for(lambda: hatchet.runs.get_status(ref.workflow_run_id) == V1TaskStatus.CANCELLED, 30),
+        "the run is CANCELLED",
+    )
 
 
 def client() -> None:
@@ -137,6 +205,9 @@ def client() -> None:
         check(any(r.metadata.id == scheduled.metadata.id for r in hatchet.scheduled.list().rows),
               "hatchet.scheduled creates and lists a scheduled run")
         hatchet.scheduled.delete(scheduled.metadata.id)
+
+        operations()
+        cancel_reaches_a_running_task()
 
         marker = Path(tempfile.mkdtemp()) / "event-seen.json"
         hatchet.event.push("py:event", {"marker": str(marker)})
