@@ -129,6 +129,9 @@ impl Engine {
 
     /// One pass: claims what the connected workers can take and sends it to them.
     pub(crate) async fn assign_pass(&self) -> Result<Pass, EngineError> {
+        if self.is_draining() {
+            return Ok(Pass { assigned: 0, more: false });
+        }
         let groups = self.groups();
         let mut pass = Pass { assigned: 0, more: false };
         for group in groups {
@@ -136,6 +139,7 @@ impl Engine {
             let limit = i64::from(capacity).min(self.config().assign_batch);
             let claim = self.assign_group(group, limit).await?;
             pass.assigned += claim.assigned;
+            self.metrics().assignments.inc_by(claim.assigned as u64);
             pass.more |= claim.more;
         }
         Ok(pass)

@@ -85,6 +85,9 @@ pub(crate) struct Inner {
     pub reports: ReportSender,
     /// The other end, taken by `serve` for the flusher.
     pub report_queue: Mutex<Option<ReportReceiver>>,
+    /// Set by a drain: no new work is assigned by this process.
+    pub draining: std::sync::atomic::AtomicBool,
+    pub metrics: crate::metrics::EngineMetrics,
 }
 
 impl Engine {
@@ -112,6 +115,8 @@ impl Engine {
                 signal_queue: Mutex::new(Some(signal_queue)),
                 reports,
                 report_queue: Mutex::new(Some(report_queue)),
+                draining: std::sync::atomic::AtomicBool::new(false),
+                metrics: crate::metrics::EngineMetrics::new(),
             }),
         }
     }

@@ -10,11 +10,13 @@ mod assign;
 pub mod cancel;
 pub mod config;
 pub mod crons;
+mod drain;
 mod engine;
 mod events;
 pub mod grpc;
 pub mod history;
 pub mod listing;
+mod metrics;
 pub mod model;
 mod reports;
 pub mod rest;
@@ -28,6 +30,7 @@ mod workers;
 mod workflows;
 
 pub use config::EngineConfig;
+pub use drain::DrainState;
 pub use engine::{Engine, EngineError};
 
 use tokio::net::TcpListener;

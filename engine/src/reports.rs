@@ -149,6 +149,8 @@ impl Engine {
         let mut finished_runs = Vec::new();
         let mut freed: Vec<(Uuid, i32)> = Vec::new();
         let mut retry_alarms = Vec::new();
+        let mut retried = 0;
+        let mut observed = Vec::new();
         let mut queued = false;
         if !finishes.is_empty() {
             let ids: Vec<Uuid> = finishes.iter().map(|(i, _)| events[*i].task_id).collect();
@@ -158,15 +160,18 @@ impl Engine {
             for (i, finish) in finishes {
                 let Some(attempt) = attempts.get(&events[i].task_id) else { continue };
                 outcomes[i] = Outcome::Recorded;
+                observed.push((attempt.workflow_name.clone(), finish.outcome(), attempt.started_at));
                 freed.push((attempt.worker_id, attempt.slot_units));
                 active_runs.insert(attempt.run_id);
                 done.add(attempt, finish);
             }
             retry_alarms.extend(done.retried.iter().filter_map(|(_, _, backoff, _)| *backoff));
+            retried = done.retried.len();
             (finished_runs, queued) = done.write(&mut tx, self.tenant_id()).await?;
         }
         tx.commit().await?;
 
+        self.observe(observed, retried);
         for (worker, units) in freed {
             self.release_slots(worker, units);
         }
@@ -195,6 +200,17 @@ enum Finish {
 }
 
 impl Finish {
+    /// The outcome label of the attempt metrics.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Finish::Completed(_) => "completed",
+            Finish::Failed { .. } => "failed",
+            Finish::Cancelled => "cancelled",
+            Finish::TimedOut { .. } => "timed_out",
+            Finish::WorkerLost => "worker_lost",
+        }
+    }
+
     fn from_kind(kind: &StepEventKind) -> Option<Finish> {
         match kind {
             StepEventKind::Started | StepEventKind::Acknowledged => None,
@@ -246,6 +262,8 @@ struct Attempt {
     backoff_max_seconds: Option<i32>,
     worker_id: Uuid,
     slot_units: i32,
+    workflow_name: String,
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Locks the runs and tasks whose attempt named by the report (or, without a retry count,
@@ -259,10 +277,11 @@ async fn lock_attempts(
 ) -> Result<HashMap<Uuid, Attempt>, EngineError> {
     let attempts: Vec<Attempt> = sqlx::query_as(
         "SELECT t.id AS task_id, t.run_id, t.readable_id, rt.retry_count, t.app_retries, s.retries, \
-                s.backoff_factor, s.backoff_max_seconds, rt.worker_id, rt.slot_units \
+                s.backoff_factor, s.backoff_max_seconds, rt.worker_id, rt.slot_units, w.name AS workflow_name, rt.started_at \
          FROM unnest($1::uuid[], $2::int[]) AS x(id, r) \
          JOIN engine.task t ON t.id = x.id AND t.tenant_id = $3 \
          JOIN engine.workflow_run wr ON wr.id = t.run_id \
+         JOIN engine.workflow w ON w.id = wr.workflow_id \
          JOIN engine.step s ON s.id = t.step_id \
          JOIN engine.task_runtime rt ON rt.task_id = t.id AND rt.retry_count = coalesce(x.r, t.retry_count) \
          ORDER BY t.run_id, t.id FOR UPDATE OF wr, t",

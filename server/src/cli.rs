@@ -34,6 +34,19 @@ pub enum Command {
         /// Seconds to wait for the server to finish its work
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Seconds to wait for running tasks to finish before stopping (0: do not wait)
+        #[arg(long, default_value_t = 60)]
+        drain_timeout: u64,
+    },
+    /// Stop assigning new work to workers and wait until the running tasks have finished
+    /// (exit code 0 drained, 2 tasks still running at the timeout).
+    Drain {
+        /// Seconds to wait for running tasks
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// End a drain: assign work again
+        #[arg(long)]
+        resume: bool,
     },
     /// Report each component of the stack (exit code 0 running, 1 partial, 3 stopped).
     Status {
@@ -78,10 +91,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             stack::start(config).await?;
             Ok(0)
         }
-        Command::Stop { timeout } => {
+        Command::Stop { timeout, drain_timeout } => {
             telemetry::init_for_command();
-            stack::stop(config, Duration::from_secs(timeout)).await?;
+            stack::stop(config, Duration::from_secs(timeout), Duration::from_secs(drain_timeout)).await?;
             Ok(0)
+        }
+        Command::Drain { timeout, resume } => {
+            telemetry::init_for_command();
+            let state = stack::drain(&config, Duration::from_secs(timeout), resume).await?;
+            Ok(if resume || state.drained { 0 } else { 2 })
         }
         Command::Status { json } => {
             telemetry::init_for_command();

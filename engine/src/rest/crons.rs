@@ -81,7 +81,7 @@ fn object_or_empty(v: Value) -> Value {
 pub async fn create_cron(
     State(engine): State<Engine>,
     Path((tenant, workflow)): Path<(String, String)>,
-    Json(body): Json<NewCron>,
+    super::Body(body): super::Body<NewCron>,
 ) -> Result<Json<Value>, RestError> {
     check_tenant(&engine, &tenant)?;
     let cron = engine
@@ -155,7 +155,7 @@ pub struct NewSchedule {
 pub async fn create_schedule(
     State(engine): State<Engine>,
     Path((tenant, workflow)): Path<(String, String)>,
-    Json(body): Json<NewSchedule>,
+    super::Body(body): super::Body<NewSchedule>,
 ) -> Result<Json<Value>, RestError> {
     check_tenant(&engine, &tenant)?;
     let s = engine

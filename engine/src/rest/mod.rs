@@ -2,6 +2,7 @@
 //! details in the exact shape the SDKs parse, and pausing workers.
 
 mod crons;
+mod drain;
 mod listing;
 mod runs;
 mod tasks;
@@ -51,6 +52,27 @@ impl From<EngineError> for RestError {
     }
 }
 
+/// A JSON request body; anything unreadable is a 400 in the stable error shape (axum's own
+/// extractor answers 422 in plain text).
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = RestError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| RestError(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}")))?;
+        parse_body(&bytes).map(Body)
+    }
+}
+
+/// Parses a JSON body, naming what is wrong with it.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RestError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| RestError(StatusCode::BAD_REQUEST, format!("the request body is not valid: {e}")))
+}
+
 /// A tenant in a path must be the one this engine serves (403 otherwise).
 fn check_tenant(engine: &Engine, tenant: &str) -> Result<(), RestError> {
     if crate::engine::parse_id(tenant, "tenant")? != engine.tenant_id() {
@@ -83,10 +105,12 @@ pub fn router(engine: Engine) -> Router {
         .route("/api/v1/stable/tenants/{tenant}/tasks/replay", axum::routing::post(tasks::replay))
         .route("/api/v1/workers/{worker}", get(workers::get_worker).patch(workers::update_worker))
         .route("/api/v1/tenants/{tenant}/worker", get(workers::list_workers))
+        .route("/api/v1/engine/drain", get(drain::state).post(drain::drain).delete(drain::resume))
         .layer(axum::middleware::from_fn_with_state(engine.clone(), authenticate));
     Router::new()
         .route("/api/ready", get(ready))
         .route("/api/live", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
         .merge(authenticated)
         .fallback(|| async { RestError(StatusCode::NOT_FOUND, "no such engine path".into()) })
         .with_state(engine)
@@ -107,9 +131,21 @@ async fn authenticate(State(engine): State<Engine>, request: Request, next: Next
     }
 }
 
+/// Ready: the database answers and the process is not draining.
 async fn ready(State(engine): State<Engine>) -> Result<Json<serde_json::Value>, RestError> {
     sqlx::query("SELECT 1").execute(engine.pool()).await.map_err(EngineError::from)?;
+    if engine.is_draining() {
+        return Err(RestError(StatusCode::SERVICE_UNAVAILABLE, "the engine is draining".into()));
+    }
     Ok(Json(json!({"status": "ok"})))
+}
+
+/// Prometheus metrics, without a token like Hatchet's metrics port (bind the REST port
+/// privately, as the embedded stack does).
+async fn metrics(State(engine): State<Engine>) -> Result<Response, RestError> {
+    let body = engine.render_metrics().await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response())
 }
 
 async fn version() -> Json<serde_json::Value> {

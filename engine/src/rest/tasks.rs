@@ -55,7 +55,7 @@ fn selection(engine: &Engine, tenant: &str, body: TaskRequest) -> Result<Selecti
 pub async fn cancel(
     State(engine): State<Engine>,
     Path(tenant): Path<String>,
-    Json(body): Json<TaskRequest>,
+    super::Body(body): super::Body<TaskRequest>,
 ) -> Result<Json<Value>, RestError> {
     let selection = selection(&engine, &tenant, body)?;
     let ids = engine.cancel_tasks(&selection).await?;
@@ -65,7 +65,7 @@ pub async fn cancel(
 pub async fn replay(
     State(engine): State<Engine>,
     Path(tenant): Path<String>,
-    Json(body): Json<TaskRequest>,
+    super::Body(body): super::Body<TaskRequest>,
 ) -> Result<Json<Value>, RestError> {
     let selection = selection(&engine, &tenant, body)?;
     let ids = engine.replay_tasks(&selection).await?;

@@ -26,7 +26,7 @@ pub async fn get_worker(State(engine): State<Engine>, Path(worker): Path<String>
 pub async fn update_worker(
     State(engine): State<Engine>,
     Path(worker): Path<String>,
-    Json(update): Json<WorkerUpdate>,
+    super::Body(update): super::Body<WorkerUpdate>,
 ) -> Result<Json<Value>, RestError> {
     let id = parse_id(&worker, "worker id")?;
     if let Some(paused) = update.is_paused {

@@ -213,3 +213,124 @@ async fn a_task_shows_its_events_logs_and_status(pool: PgPool) {
     let (_, status) = get(&engine, &format!("/api/v1/stable/workflow-runs/{run}/status")).await;
     assert_eq!(status, "COMPLETED");
 }
+
+async fn scrape(engine: &TestEngine) -> String {
+    let response = reqwest::get(format!("{}/metrics", engine.rest_url)).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    response.text().await.unwrap()
+}
+
+/// The value of one series in a Prometheus text exposition.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.parse().unwrap()))
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn metrics_count_assignments_retries_timeouts_durations_queue_and_slots(pool: PgPool) {
+    let engine = TestEngine::start(pool).await;
+    let mut flaky = task("m", "flaky", &[]);
+    flaky.retries = 1;
+    let mut hung = task("h", "t", &[]);
+    hung.timeout = "1s".into();
+    engine.put_workflow("m", vec![flaky]).await;
+    engine.put_workflow("h", vec![hung]).await;
+    engine.put_workflow("idle", vec![task("idle", "t", &[])]).await;
+    let worker = TestWorker::start(&engine, &["m:flaky", "h:t"], 3, |a| match a.action_id.as_str() {
+        "m:flaky" if a.retry_count == 0 => Reply::Fail("first attempt fails".into()),
+        "m:flaky" => Reply::Complete(json!({})),
+        _ => Reply::Hold,
+    })
+    .await;
+    worker.keep_alive(&engine);
+    let before = scrape(&engine).await;
+    assert_eq!(series(&before, "sfp_engine_assignments_total"), Some(0.0), "{before}");
+
+    let run = engine.trigger("m", json!({}), None).await;
+    engine.wait_finished(&run).await;
+    let timed_out = engine.trigger("h", json!({}), None).await;
+    engine.wait_finished(&timed_out).await;
+    engine.trigger("idle", json!({}), Some(3)).await;
+    engine.trigger("idle", json!({}), Some(3)).await;
+    engine.trigger("idle", json!({}), None).await;
+
+    let text = scrape(&engine).await;
+    assert_eq!(series(&text, "sfp_engine_assignments_total"), Some(3.0), "{text}");
+    assert_eq!(series(&text, "sfp_engine_retries_total"), Some(1.0), "{text}");
+    assert_eq!(series(&text, "sfp_engine_timeouts_total"), Some(1.0), "{text}");
+    assert_eq!(series(&text, r#"sfp_engine_queue_depth{action="idle:t",priority="3"}"#), Some(2.0), "{text}");
+    assert_eq!(series(&text, r#"sfp_engine_queue_depth{action="idle:t",priority="1"}"#), Some(1.0), "{text}");
+    assert_eq!(
+        series(&text, r#"sfp_engine_task_duration_seconds_count{workflow="m",outcome="failed"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(series(&text, r#"sfp_engine_task_duration_seconds_count{workflow="m",outcome="completed"}"#), Some(1.0));
+    let hung_for = series(&text, r#"sfp_engine_task_duration_seconds_sum{workflow="h",outcome="timed_out"}"#).unwrap();
+    assert!(hung_for >= 1.0, "the timed-out attempt ran at least its timeout: {hung_for}");
+    assert_eq!(series(&text, "sfp_engine_workers_active"), Some(1.0));
+    assert_eq!(series(&text, "sfp_engine_slots_free"), Some(3.0), "every attempt ended: {text}");
+    assert_eq!(series(&text, "sfp_engine_slots_used"), Some(0.0));
+    assert_eq!(series(&text, "sfp_engine_draining"), Some(0.0));
+}
+
+async fn send(engine: &TestEngine, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request =
+        reqwest::Client::new().request(method, format!("{}{path}", engine.rest_url)).bearer_auth(&engine.token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn a_drain_stops_new_assignments_and_waits_for_in_flight_tasks(pool: PgPool) {
+    let engine = TestEngine::start(pool).await;
+    engine.put_workflow("d", vec![task("d", "t", &[])]).await;
+    let mut worker = TestWorker::start(&engine, &["d:t"], 2, |_| Reply::Hold).await;
+    let first = engine.trigger("d", json!({}), None).await;
+    let held = worker.next_assignment().await;
+
+    let (code, state) = send(&engine, reqwest::Method::POST, "/api/v1/engine/drain", None).await;
+    assert_eq!(code, 200, "{state}");
+    assert_eq!(state, json!({"draining": true, "inFlight": 1, "drained": false}));
+    let second = engine.trigger("d", json!({}), None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(worker.seen.try_recv().is_err(), "nothing new is assigned while draining (a slot is free)");
+    let ready = reqwest::get(format!("{}/api/ready", engine.rest_url)).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503, "not ready while draining");
+
+    // A drain that waits answers once the held task has finished.
+    let waiting = {
+        let (url, token) = (engine.rest_url.clone(), engine.token.clone());
+        tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .post(format!("{url}/api/v1/engine/drain"))
+                .bearer_auth(token)
+                .json(&json!({"timeoutSeconds": 30}))
+                .send()
+                .await
+                .unwrap();
+            response.json::<Value>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the drain waits for the running task");
+    report(&engine, &worker.id, &held, pb::StepActionEventType::StepEventTypeCompleted, "{}", Some(0)).await;
+    assert_eq!(waiting.await.unwrap(), json!({"draining": true, "inFlight": 0, "drained": true}));
+    engine.wait_finished(&first).await;
+    let (_, scraped) = (0, scrape(&engine).await);
+    assert_eq!(series(&scraped, "sfp_engine_draining"), Some(1.0));
+
+    // The queued run was kept and runs after a resume.
+    let (code, state) = send(&engine, reqwest::Method::DELETE, "/api/v1/engine/drain", None).await;
+    assert_eq!((code, state["draining"].clone()), (200, json!(false)));
+    let next = worker.next_assignment().await;
+    let (_, details) = get(&engine, &format!("/api/v1/stable/workflow-runs/{second}")).await;
+    assert_eq!(details["tasks"][0]["taskExternalId"], next.task_run_external_id.as_str());
+    let (code, body) =
+        send(&engine, reqwest::Method::POST, "/api/v1/engine/drain", Some(json!({"timeoutSeconds": 99999}))).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = send(&engine, reqwest::Method::POST, "/api/v1/engine/drain", Some(json!({"wait": 1}))).await;
+    assert_eq!(code, 400, "unknown fields are refused");
+}

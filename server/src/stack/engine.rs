@@ -88,15 +88,72 @@ impl HealthCheck for EngineCheck {
     fn check(&self) -> CheckFuture<'_> {
         Box::pin(async move {
             let ready = self.client.get(format!("{}/api/ready", self.api_url)).send().await;
-            let status = match ready {
-                Ok(r) if r.status().is_success() => ComponentStatus::Up,
-                _ => ComponentStatus::Down,
+            let (status, draining) = match ready {
+                Ok(r) if r.status().is_success() => (ComponentStatus::Up, false),
+                // Draining: alive, but assigning no new work.
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    let body: serde_json::Value = r.json().await.unwrap_or_default();
+                    let draining = body["message"].as_str().is_some_and(|m| m.contains("draining"));
+                    (if draining { ComponentStatus::Degraded } else { ComponentStatus::Down }, draining)
+                }
+                _ => (ComponentStatus::Down, false),
             };
             ComponentHealth::new(status)
+                .with("draining", draining)
                 .with("mode", "embedded")
                 .with("grpc", &self.grpc_address)
                 .with("api", &self.api_url)
                 .with("protocol_version", sfp_protocol::ENGINE_PROTOCOL_VERSION)
         })
+    }
+}
+
+/// The embedded engine's drain state, as its REST API reports it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainState {
+    pub draining: bool,
+    pub in_flight: i64,
+    pub drained: bool,
+}
+
+/// Drains the engine of the server running on `data`: it stops assigning new work, and
+/// this waits up to `wait` for the tasks in flight, reporting progress through `progress`.
+/// `resume` ends a drain instead.
+pub async fn drain(
+    data: &DataDir,
+    wait: Duration,
+    resume: bool,
+    mut progress: impl FnMut(&DrainState),
+) -> anyhow::Result<DrainState> {
+    let ports: Ports = serde_json::from_slice(
+        &std::fs::read(data.path(PORTS_FILE)).context("reading the engine's ports (has the stack started once?)")?,
+    )?;
+    let token = std::fs::read_to_string(data.path(TOKEN_FILE)).context("reading the engine token")?;
+    let token = token.trim();
+    let url = format!("http://127.0.0.1:{}/api/v1/engine/drain", ports.api);
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
+    let ask = |request: reqwest::RequestBuilder| async move {
+        let response = request.bearer_auth(token).send().await.context("reaching the engine")?;
+        let status = response.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "the engine answered {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+        Ok::<DrainState, anyhow::Error>(response.json().await?)
+    };
+    if resume {
+        return ask(client.delete(&url)).await;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Short waits, so the caller can show how many tasks are still running.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs().min(2);
+        let state = ask(client.post(&url).json(&serde_json::json!({"timeoutSeconds": left}))).await?;
+        progress(&state);
+        if state.drained || tokio::time::Instant::now() >= deadline {
+            return Ok(state);
+        }
     }
 }

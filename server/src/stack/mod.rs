@@ -147,11 +147,43 @@ fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sfp-server drain`: the engine stops assigning work; waits for the tasks in flight.
+pub async fn drain(config: &Config, wait: Duration, resume: bool) -> anyhow::Result<engine::DrainState> {
+    let data = DataDir::existing(&config.data_dir)?;
+    anyhow::ensure!(data.running_pid().is_some(), "no sfp-server is running on {}", data.root().display());
+    let mut last = None;
+    let state = engine::drain(&data, wait, resume, |s| {
+        if last != Some(s.in_flight) && !s.drained {
+            say(format!("draining: {} tasks still running", s.in_flight));
+        }
+        last = Some(s.in_flight);
+    })
+    .await?;
+    if resume {
+        say("engine: assigning work again".into());
+    } else if state.drained {
+        say("engine: drained (no task running, none will be assigned)".into());
+    }
+    Ok(state)
+}
+
 /// `sfp-server stop`: asks the server running on the data folder to stop, waits until it
 /// is gone, and stops a PostgreSQL cluster left running by a crashed server.
-pub async fn stop(config: Config, wait: Duration) -> anyhow::Result<()> {
+pub async fn stop(config: Config, wait: Duration, drain_wait: Duration) -> anyhow::Result<()> {
     let data = DataDir::existing(&config.data_dir)?;
     if let Some(pid) = data.running_pid() {
+        if config.engine.embedded && !drain_wait.is_zero() {
+            // Running steps finish first; queued work stays queued for the next start.
+            match drain(&config, drain_wait, false).await {
+                Ok(state) if !state.drained => say(format!(
+                    "{} tasks still running after {} s; stopping anyway",
+                    state.in_flight,
+                    drain_wait.as_secs()
+                )),
+                Ok(_) => {}
+                Err(e) => eprintln!("could not drain the engine ({e:#}); stopping anyway"),
+            }
+        }
         say(format!("stopping sfp-server (pid {pid})"));
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
             .with_context(|| format!("signalling pid {pid}"))?;

@@ -141,6 +141,19 @@ fn stop_and_status_from_another_shell() {
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("another sfp-server") && err.contains(&stack.pid().to_string()), "{err}");
 
+    // Drain: nothing runs, so it is drained at once; status shows it; resume undoes it.
+    let drain = sfp_server(&["drain", "--timeout", "10"], dir);
+    let said = String::from_utf8_lossy(&drain.stdout);
+    assert_eq!(drain.status.code(), Some(0), "{said} {}", String::from_utf8_lossy(&drain.stderr));
+    assert!(said.contains("drained"), "{said}");
+    let status: Value = serde_json::from_slice(&sfp_server(&["status", "--json"], dir).stdout).unwrap();
+    assert_eq!(status["components"]["engine"]["status"], "degraded", "{status}");
+    assert_eq!(status["components"]["engine"]["draining"], true, "{status}");
+    let resume = sfp_server(&["drain", "--resume"], dir);
+    assert_eq!(resume.status.code(), Some(0), "{}", String::from_utf8_lossy(&resume.stderr));
+    let status: Value = serde_json::from_slice(&sfp_server(&["status", "--json"], dir).stdout).unwrap();
+    assert_eq!(status["components"]["engine"]["status"], "up", "{status}");
+
     let postmaster = postmaster_pid(dir);
     let stop = sfp_server(&["stop"], dir);
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
