@@ -40,6 +40,9 @@ fn python_sdk_runs_dags_retries_failures_events_streams_lists_logs_and_cancels()
         "ok: runs.list lists the failed run",
         "ok: runs.list pages",
         "ok: logs.list returns the task's log lines",
+        "ok: runs.create starts a run over REST",
+        "ok: the REST-created run completes",
+        "ok: runs.get_result of the REST-created run",
         "ok: the running task saw its cancellation (ctx.is_cancelled)",
         "ok: the run is CANCELLED",
     ] {

@@ -88,6 +88,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/api/v1/stable/workflow-runs/{run}/status", get(listing::run_status))
         .route("/api/v1/stable/workflow-runs/{run}/task-events", get(listing::run_task_events))
         .route("/api/v1/stable/tenants/{tenant}/workflow-runs", get(listing::list_runs))
+        .route("/api/v1/stable/tenants/{tenant}/workflow-runs/trigger", axum::routing::post(runs::trigger_run))
         .route("/api/v1/stable/tasks/{task}", get(listing::get_task))
         .route("/api/v1/stable/tasks/{task}/task-events", get(listing::task_events))
         .route("/api/v1/stable/tasks/{task}/logs", get(listing::task_logs))

@@ -10,6 +10,40 @@ use super::RestError;
 use crate::engine::{Engine, parse_id};
 use crate::runs::{RunView, TaskView};
 
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerRequest {
+    workflow_name: String,
+    #[serde(default)]
+    input: Option<Value>,
+    #[serde(default)]
+    additional_metadata: Option<Value>,
+    #[serde(default)]
+    priority: Option<i32>,
+}
+
+/// `POST /api/v1/stable/tenants/{tenant}/workflow-runs/trigger` (the Python SDK's
+/// `runs.create`): starts a run and answers with its details.
+pub async fn trigger_run(
+    State(engine): State<Engine>,
+    Path(tenant): Path<String>,
+    super::Body(body): super::Body<TriggerRequest>,
+) -> Result<Json<Value>, RestError> {
+    super::check_tenant(&engine, &tenant)?;
+    let object = |v: Option<Value>, field: &str| match v {
+        None | Some(Value::Null) => Ok(json!({})),
+        Some(v @ Value::Object(_)) => Ok(v),
+        Some(_) => Err(RestError(axum::http::StatusCode::BAD_REQUEST, format!("{field} must be a JSON object"))),
+    };
+    let mut trigger = crate::runs::Trigger::new(body.workflow_name, object(body.input, "input")?);
+    trigger.additional_metadata = object(body.additional_metadata, "additionalMetadata")?;
+    trigger.priority = body.priority;
+    trigger.triggered_by = "api";
+    let run_id = engine.trigger(trigger).await?;
+    let run = engine.run_view(run_id).await?;
+    Ok(Json(run_json(&engine, &run)))
+}
+
 pub async fn get_run(State(engine): State<Engine>, Path(run): Path<String>) -> Result<Json<Value>, RestError> {
     let run_id = parse_id(&run, "workflow run id")?;
     let run = engine.run_view(run_id).await?;
@@ -158,7 +192,7 @@ fn task_json(run: &RunView, t: &TaskView, tenant: uuid::Uuid) -> Value {
         "finishedAt": t.finished_at,
         "input": {"input": run.input, "parents": parents, "triggers": {"filter_payload": {}}},
         "numSpawnedChildren": 0,
-        "output": t.output.clone().unwrap_or(Value::Null),
+        "output": t.output.clone().filter(Value::is_object).unwrap_or_else(|| json!({})),
         "status": t.status.as_str(),
         "startedAt": t.started_at,
         "taskExternalId": t.id,

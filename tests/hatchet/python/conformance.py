@@ -150,6 +150,11 @@ def operations() -> None:
         return len(lines) == 2
 
     check(wait_for(logged, 30), f"logs.list returns the task's log lines {lines}")
+    created = hatchet.runs.create("py-dag", {"n": 4}, additional_metadata={"via": "rest"})
+    run_id = created.run.metadata.id
+    check(created.run.additional_metadata == {"via": "rest"}, "runs.create starts a run over REST")
+    check(wait_for(lambda: hatchet.runs.get_status(run_id) == V1TaskStatus.COMPLETED), "the REST-created run completes")
+    check(hatchet.runs.get_result(run_id)["second"] == {"plus_one": 9}, "runs.get_result of the REST-created run")
     check(lines == ["building package core", "building package data"], f"in order {lines}")
 
 
