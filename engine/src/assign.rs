@@ -174,12 +174,18 @@ impl Engine {
             // Probably more in the queue than the workers could take now.
             self.inner.needs_capacity.store(true, Ordering::SeqCst);
         }
-        // Place each claimed item on the worker with the most free slots that fits it.
+        // Place each claimed item on the worker with the most free slots that fits it, other
+        // than the one that lost its previous attempt when another can take it.
         let mut placed: Vec<(ClaimRow, Uuid)> = Vec::with_capacity(claimed.len());
         let mut unplaced = Vec::new();
         for item in claimed {
             group.workers.sort_by_key(|(_, free)| std::cmp::Reverse(*free));
-            match group.workers.iter_mut().find(|(_, free)| *free >= item.slot_units) {
+            let fits = |(id, free): &(Uuid, i32)| *free >= item.slot_units && Some(*id) != item.avoid_worker;
+            let choice = match group.workers.iter().position(fits) {
+                Some(i) => Some(i),
+                None => group.workers.iter().position(|(_, free)| *free >= item.slot_units),
+            };
+            match choice.map(|i| &mut group.workers[i]) {
                 Some((worker, free)) => {
                     *free -= item.slot_units;
                     placed.push((item, *worker));
@@ -287,7 +293,10 @@ async fn claim(
                 t.readable_id, t.action, r.additional_metadata, r.input, \
                 (SELECT coalesce(jsonb_object_agg(p.readable_id, coalesce(p.output, '{}'::jsonb)), '{}'::jsonb) \
                    FROM engine.task p WHERE p.run_id = t.run_id AND p.readable_id = ANY(s.parents)) AS parents, \
-                pt.run_id AS parent_run_id, r.child_index, r.child_key, t.created_at AS inserted_at \
+                pt.run_id AS parent_run_id, r.child_index, r.child_key, t.created_at AS inserted_at, \
+                CASE WHEN c.retry_count > 0 THEN ( \
+                  SELECT e.worker_id FROM engine.task_event e WHERE e.task_id = t.id AND e.event_type = 'REQUEUED' \
+                    AND e.retry_count = c.retry_count - 1 LIMIT 1) END AS avoid_worker \
          FROM claimed c \
          JOIN engine.task t ON t.id = c.task_id \
          JOIN engine.step s ON s.id = t.step_id \
@@ -306,6 +315,8 @@ async fn claim(
 /// A claimed queue item with what its assignment needs.
 #[derive(sqlx::FromRow)]
 struct ClaimRow {
+    /// The worker whose previous attempt of this task was lost or never started.
+    avoid_worker: Option<Uuid>,
     queue_id: i64,
     task_id: Uuid,
     retry_count: i32,

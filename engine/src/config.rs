@@ -17,6 +17,9 @@ pub struct EngineConfig {
     pub server_url: String,
     /// A worker silent this long loses its assignments.
     pub heartbeat_timeout: Duration,
+    /// An attempt its worker has not reported STARTED for this long after assignment (the
+    /// assignment was lost on the way) is queued again.
+    pub start_timeout: Duration,
     /// How often the assigner looks at the queue when nothing wakes it.
     pub poll_interval: Duration,
     /// Most queue items claimed in one assignment pass.
@@ -37,6 +40,7 @@ impl EngineConfig {
             grpc_address,
             server_url,
             heartbeat_timeout: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(15),
             poll_interval: Duration::from_secs(1),
             assign_batch: 500,
             sweep_interval: Duration::from_secs(1),

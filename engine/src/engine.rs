@@ -88,6 +88,8 @@ pub(crate) struct Inner {
     /// Set by a drain: no new work is assigned by this process.
     pub draining: std::sync::atomic::AtomicBool,
     pub metrics: crate::metrics::EngineMetrics,
+    /// When this process started (the unstarted-attempt sweep waits as long as it allows).
+    pub started: std::time::Instant,
 }
 
 impl Engine {
@@ -117,6 +119,7 @@ impl Engine {
                 report_queue: Mutex::new(Some(report_queue)),
                 draining: std::sync::atomic::AtomicBool::new(false),
                 metrics: crate::metrics::EngineMetrics::new(),
+                started: std::time::Instant::now(),
             }),
         }
     }

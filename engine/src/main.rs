@@ -31,6 +31,8 @@ struct Cli {
     db: DbArgs,
     #[command(flatten)]
     ports: PortArgs,
+    #[command(flatten)]
+    timing: TimingArgs,
     /// Log filter (sidecar mode), e.g. info or debug
     #[arg(long, default_value = "info", global = true)]
     log_level: String,
@@ -60,6 +62,17 @@ struct PortArgs {
     /// REST port (0 picks a free one)
     #[arg(long, global = true)]
     api_port: Option<u16>,
+}
+
+#[derive(Args, Clone, Default)]
+struct TimingArgs {
+    /// Seconds without heartbeat (or stream) after which a worker's tasks run elsewhere (at
+    /// least 5: the SDKs heartbeat every 4 s)
+    #[arg(long, global = true, env = "SFP_ENGINE_HEARTBEAT_TIMEOUT")]
+    heartbeat_timeout: Option<u64>,
+    /// Seconds a worker may take to report STARTED before its assignment is queued again
+    #[arg(long, global = true, env = "SFP_ENGINE_START_TIMEOUT")]
+    start_timeout: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -122,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = Database::open(&cli.db, false).await?;
             let shutdown = CancellationToken::new();
             watch_signals(shutdown.clone());
-            let running = start(&db.pool, &cli.ports, 7070, 7077, shutdown.clone()).await?;
+            let running = start(&db.pool, &cli.ports, &cli.timing, 7070, 7077, shutdown.clone()).await?;
             println!("grpc: {}", running.config.grpc_address);
             println!("api: {}", running.config.server_url);
             println!("ready: {}", running.config.server_url);
@@ -150,6 +163,7 @@ struct Running {
 async fn start(
     pool: &PgPool,
     ports: &PortArgs,
+    timing: &TimingArgs,
     default_grpc: u16,
     default_api: u16,
     shutdown: CancellationToken,
@@ -159,7 +173,13 @@ async fn start(
     let api = TcpListener::bind(("127.0.0.1", ports.api_port.unwrap_or(default_api))).await.context("REST port")?;
     let grpc_address = grpc.local_addr()?.to_string();
     let server_url = format!("http://{}", api.local_addr()?);
-    let config = EngineConfig::new(identity.tenant_id, TokenKey::new(&identity.secret), grpc_address, server_url);
+    let mut config = EngineConfig::new(identity.tenant_id, TokenKey::new(&identity.secret), grpc_address, server_url);
+    if let Some(secs) = timing.heartbeat_timeout {
+        config.heartbeat_timeout = Duration::from_secs(secs.max(5));
+    }
+    if let Some(secs) = timing.start_timeout {
+        config.start_timeout = Duration::from_secs(secs.max(1));
+    }
     let engine = Engine::new(pool.clone(), config.clone());
     let task = tokio::spawn(sfp_engine::serve(engine, grpc, api, shutdown));
     Ok(Running { config, task })
@@ -232,7 +252,7 @@ async fn sidecar(cli: Cli, handshake: &Path) -> anyhow::Result<()> {
         while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
         stdin_closed.cancel();
     });
-    let running = start(&db.pool, &cli.ports, 0, 0, shutdown.clone()).await?;
+    let running = start(&db.pool, &cli.ports, &cli.timing, 0, 0, shutdown.clone()).await?;
     let key = running.config.token_key.clone();
     let token = key.mint(
         running.config.tenant_id,

@@ -196,7 +196,7 @@ enum Finish {
     Failed { error: String, should_not_retry: bool },
     Cancelled,
     TimedOut { error: String },
-    WorkerLost,
+    WorkerLost { reason: String },
 }
 
 impl Finish {
@@ -207,7 +207,7 @@ impl Finish {
             Finish::Failed { .. } => "failed",
             Finish::Cancelled => "cancelled",
             Finish::TimedOut { .. } => "timed_out",
-            Finish::WorkerLost => "worker_lost",
+            Finish::WorkerLost { .. } => "worker_lost",
         }
     }
 
@@ -236,7 +236,7 @@ impl Finish {
             }
             StepEventKind::Cancelled => Some(Finish::Cancelled),
             StepEventKind::TimedOut { error } => Some(Finish::TimedOut { error: error.clone() }),
-            StepEventKind::WorkerLost => Some(Finish::WorkerLost),
+            StepEventKind::WorkerLost { reason } => Some(Finish::WorkerLost { reason: reason.clone() }),
         }
     }
 }
@@ -335,9 +335,9 @@ impl Done {
                 self.completed_runs.push(a.run_id);
                 self.completed_names.push(a.readable_id.clone());
             }
-            Finish::WorkerLost => {
+            Finish::WorkerLost { reason } => {
                 self.ended_kinds.push("REQUEUED");
-                self.ended_messages.push("the worker was lost; the task runs again".into());
+                self.ended_messages.push(reason);
                 self.lost.push((a.task_id, a.retry_count + 1));
             }
             Finish::TimedOut { error } => self.failed(a, "TIMED_OUT", error, false),

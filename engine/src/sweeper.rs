@@ -54,6 +54,7 @@ impl Engine {
     pub(crate) async fn sweep(&self) -> Result<(), EngineError> {
         self.sweep_timeouts().await?;
         self.sweep_lost_workers().await?;
+        self.sweep_unstarted().await?;
         self.sweep_schedule_timeouts().await?;
         Ok(())
     }
@@ -87,6 +88,54 @@ impl Engine {
             if outcome == Outcome::Recorded {
                 tracing::info!(task = %e.task_id, attempt = e.retry_count, "task timed out");
                 self.send_cancel(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Attempts their worker never started (no STARTED report within the start timeout):
+    /// the assignment was lost on the way, for instance because the engine process that sent
+    /// it died right after committing it. They run again as a new attempt without spending a
+    /// retry; the worker is told to cancel the old one in case it has it after all. Not
+    /// before this process has been up for the start timeout itself, so that workers
+    /// reconnecting after an engine restart can deliver the reports they held back.
+    async fn sweep_unstarted(&self) -> Result<(), EngineError> {
+        let wait = self.config().start_timeout;
+        if self.inner.started.elapsed() < wait {
+            return Ok(());
+        }
+        let stuck: Vec<RunningAttempt> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUNNING_ATTEMPT} \
+             FROM engine.task_runtime rt JOIN engine.task t ON t.id = rt.task_id JOIN engine.step s ON s.id = t.step_id \
+             WHERE t.tenant_id = $1 AND rt.started_at < now() - make_interval(secs => $2) \
+               AND NOT EXISTS (SELECT 1 FROM engine.task_event e WHERE e.task_id = rt.task_id \
+                               AND e.retry_count = rt.retry_count AND e.event_type = 'STARTED') \
+             LIMIT $3"
+        )))
+        .bind(self.tenant_id())
+        .bind(wait.as_secs_f64())
+        .bind(BATCH)
+        .fetch_all(self.pool())
+        .await?;
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        let reason =
+            format!("the worker did not start the task within {}; it runs again", human(wait.as_millis() as i64));
+        let events: Vec<StepEvent> = stuck
+            .iter()
+            .map(|a| StepEvent {
+                worker_id: Some(a.worker_id),
+                task_id: a.task_id,
+                retry_count: Some(a.retry_count),
+                kind: StepEventKind::WorkerLost { reason: reason.clone() },
+            })
+            .collect();
+        let outcomes = self.apply(&events).await?;
+        for (a, outcome) in stuck.iter().zip(outcomes) {
+            if outcome == Outcome::Recorded {
+                tracing::warn!(task = %a.task_id, attempt = a.retry_count, "assignment never started; queued again");
+                self.send_cancel(a);
             }
         }
         Ok(())
@@ -129,7 +178,7 @@ impl Engine {
                 worker_id: Some(*worker),
                 task_id: *task_id,
                 retry_count: Some(*retry_count),
-                kind: StepEventKind::WorkerLost,
+                kind: StepEventKind::WorkerLost { reason: "the worker was lost; the task runs again".into() },
             })
             .collect();
         if !events.is_empty() {

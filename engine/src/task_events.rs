@@ -34,9 +34,11 @@ pub enum StepEventKind {
     TimedOut {
         error: String,
     },
-    /// The engine's own verdict: the attempt's worker is gone; it runs again elsewhere
-    /// without spending a retry.
-    WorkerLost,
+    /// The engine's own verdict: the attempt's worker is gone (or never started it); it
+    /// runs again elsewhere without spending a retry.
+    WorkerLost {
+        reason: String,
+    },
 }
 
 /// What a report changed.

@@ -119,3 +119,51 @@ async fn a_task_nobody_takes_fails_at_its_schedule_timeout(pool: PgPool) {
         sqlx::query_scalar("SELECT count(*) FROM engine.queue_item").fetch_one(&engine.pool).await.unwrap();
     assert_eq!(queued, 0);
 }
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn an_assignment_its_worker_never_starts_runs_again_elsewhere(pool: PgPool) {
+    let engine = TestEngine::start_configured(pool, |c| c.start_timeout = Duration::from_secs(1)).await;
+    engine.put_workflow("lost", vec![timed("lost", "60s", 0)]).await;
+    // A worker that takes the assignment and never says STARTED (as if it never got it).
+    let mut dispatcher = engine.dispatcher();
+    let silent = dispatcher
+        .register(pb::WorkerRegisterRequest {
+            worker_name: "silent".into(),
+            actions: vec!["lost:t".into()],
+            slots: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let mut stream =
+        dispatcher.listen_v2(pb::WorkerListenRequest { worker_id: silent.clone() }).await.unwrap().into_inner();
+    let run = engine.trigger("lost", json!({}), None).await;
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.action_type, pb::ActionType::StartStepRun as i32);
+    let healthy =
+        TestWorker::start(&engine, &["lost:t"], 1, |a| Reply::Complete(json!({"attempt": a.retry_count}))).await;
+    let cancel = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(cancel.action_type, pb::ActionType::CancelStepRun as i32, "the silent worker is told to drop it");
+    assert_eq!(cancel.retry_count, 0);
+    let finished = engine.wait_finished(&run).await;
+    assert_eq!(finished.results[0].output.as_deref(), Some(r#"{"attempt":1}"#), "a new attempt ran: {finished:?}");
+    let (worker, app_retries): (uuid::Uuid, i32) =
+        sqlx::query_as("SELECT worker_id, app_retries FROM engine.task WHERE run_id = $1::uuid")
+            .bind(&run)
+            .fetch_one(&engine.pool)
+            .await
+            .unwrap();
+    assert_eq!(worker.to_string(), healthy.id);
+    assert_eq!(app_retries, 0, "no retry spent (retries = 0 and yet it ran again)");
+    let message: String = sqlx::query_scalar(
+        "SELECT e.message FROM engine.task_event e JOIN engine.task t ON t.id = e.task_id \
+         WHERE t.run_id = $1::uuid AND e.event_type = 'REQUEUED'",
+    )
+    .bind(&run)
+    .fetch_one(&engine.pool)
+    .await
+    .unwrap();
+    assert!(message.contains("did not start the task within 1s"), "{message}");
+}
