@@ -6,7 +6,10 @@
 //!
 //! Figures: no-op task throughput end to end (trigger -> worker -> completed), trigger-to-start
 //! latency p50/p99 on a hot worker, a 3-task DAG's throughput, a 40-step sequential chain's
-//! wall time, and the engine process's peak RSS.
+//! wall time, the engine process's peak RSS; then a backlog: bulk enqueue rate of 100,000
+//! tasks nobody serves yet, RSS and trigger-to-start latency (of other work) with them
+//! queued, the time to drain them once a worker serves them, and the queue tables' dead
+//! tuples after the drain (and after autovacuum has had its chance).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -29,6 +32,9 @@ const DAG_RUNS: usize = 2_000;
 const LATENCY_SAMPLES: usize = 500;
 const CHAIN: usize = 40;
 const SLOTS: i32 = 500;
+const BACKLOG: usize = 100_000;
+const BULK: usize = 1_000;
+const ENQUEUERS: usize = 4;
 
 struct Client {
     channel: Channel,
@@ -117,12 +123,14 @@ async fn main() {
     }
     let definitions = vec![
         ("noop", vec![task("noop", "t", &[])]),
+        ("backlog", vec![task("backlog", "t", &[])]),
         ("dag3", vec![task("dag3", "a", &[]), task("dag3", "b", &["a".into()]), task("dag3", "c", &["a".into()])]),
         ("chain", chain_tasks),
     ];
     let mut actions = Vec::new();
     for (name, tasks) in definitions {
-        actions.extend(tasks.iter().map(|t| t.action.clone()));
+        // The backlog's action is served later, by a worker of its own.
+        actions.extend(tasks.iter().map(|t| t.action.clone()).filter(|a| a != "backlog:t"));
         let req = pbv1::CreateWorkflowVersionRequest { name: name.into(), tasks, ..Default::default() };
         client.admin().put_workflow(req).await.unwrap();
     }
@@ -144,23 +152,8 @@ async fn main() {
     while started_rx.try_recv().is_ok() {}
 
     // 2. Trigger-to-start latency on a hot worker, one run at a time.
-    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
-    let mut workflows = client.workflows();
-    for _ in 0..LATENCY_SAMPLES {
-        let before = Instant::now();
-        let req = pbv1::TriggerWorkflowRequest { name: "noop".into(), input: "{}".into(), ..Default::default() };
-        let run = workflows.trigger_workflow(req).await.unwrap().into_inner().workflow_run_id;
-        loop {
-            let (id, at) = started_rx.recv().await.unwrap();
-            if id == run {
-                samples.push(at.duration_since(before));
-                break;
-            }
-        }
-    }
-    samples.sort();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)].as_secs_f64() * 1000.0;
-    println!("trigger_to_start_ms p50 {:.2} p99 {:.2} ({LATENCY_SAMPLES} sequential triggers)", pct(0.50), pct(0.99));
+    let (p50, p99) = latency(&client, &mut started_rx, LATENCY_SAMPLES).await;
+    println!("trigger_to_start_ms p50 {p50:.2} p99 {p99:.2} ({LATENCY_SAMPLES} sequential triggers)");
     let base = progress.completed_tasks.load(Ordering::SeqCst);
 
     // 3. A 3-task DAG's throughput.
@@ -182,25 +175,162 @@ async fn main() {
     println!("chain40_wall_s {:.3}", started.elapsed().as_secs_f64());
 
     // 5. The engine process's peak resident memory.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", engine.id())).unwrap_or_default();
-    let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ? kB").to_owned();
-    println!("engine_peak_rss {}", hwm.trim_start_matches("VmHWM:").trim());
+    println!("engine_peak_rss {}", memory(engine.id(), "VmHWM:"));
+
+    // 6. Bulk enqueue of a backlog nobody serves yet, from a few clients at once.
+    let started = Instant::now();
+    let mut enqueuers = Vec::new();
+    for _ in 0..ENQUEUERS {
+        let client = client.clone();
+        enqueuers.push(tokio::spawn(async move { trigger_batches(&client, "backlog", BACKLOG / ENQUEUERS, BULK).await }));
+    }
+    for e in enqueuers {
+        e.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "bulk_enqueue_tasks_per_s {:.0} ({BACKLOG} tasks in {:.2} s, {ENQUEUERS} clients, {BULK} per BulkTriggerWorkflow)",
+        BACKLOG as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    println!("engine_rss_with_backlog {} (peak {})", memory(engine.id(), "VmRSS:"), memory(engine.id(), "VmHWM:"));
+
+    // 7. Trigger-to-start latency of other work while the backlog waits.
+    while started_rx.try_recv().is_ok() {}
+    let (p50, p99) = latency(&client, &mut started_rx, LATENCY_SAMPLES).await;
+    println!("trigger_to_start_ms_with_backlog p50 {p50:.2} p99 {p99:.2} ({BACKLOG} tasks queued for another action)");
+
+    // 8. Drain: a worker for the backlog's action comes.
+    let base = progress.completed_tasks.load(Ordering::SeqCst);
+    let (drain_tx, _drain_rx) = mpsc::unbounded_channel::<(String, Instant)>();
+    let started = Instant::now();
+    start_worker(client.clone(), vec!["backlog:t".into()], progress.clone(), drain_tx).await;
+    wait_tasks(&progress, base + BACKLOG as u64).await;
+    let elapsed = started.elapsed();
+    println!(
+        "backlog_drain_tasks_per_s {:.0} ({BACKLOG} queued tasks done in {:.2} s)",
+        BACKLOG as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    println!("engine_rss_after_drain {} (peak {})", memory(engine.id(), "VmRSS:"), memory(engine.id(), "VmHWM:"));
+
+    // 9. Dead tuples in the queue tables: right after the drain, then once autovacuum ran.
+    let cluster = sfp_postgres::Cluster::find(sfp_postgres::ClusterOptions {
+        database: "sfp_engine".into(),
+        ..sfp_postgres::ClusterOptions::new(data.join("postgres"))
+    })
+    .await
+    .unwrap()
+    .expect("the engine's cluster");
+    let pool = sqlx::PgPool::connect(&cluster.url()).await.unwrap();
+    println!("bloat_after_drain {}", bloat(&pool).await);
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut waited = Duration::ZERO;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        waited += Duration::from_secs(5);
+        if dead_queue_tuples(&pool).await < 1_000 {
+            break;
+        }
+    }
+    println!("bloat_after_autovacuum {} (waited {} s)", bloat(&pool).await, waited.as_secs());
+
+    // 10. Peers on the same cluster, each in a fresh database, one after the other.
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers");
+    if std::path::Path::new(peers).join("node_modules").is_dir() {
+        for (script, database) in [("graphile.js", "peer_graphile"), ("pgboss.js", "peer_pgboss")] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&pool).await.unwrap();
+            let status = Command::new("node")
+                .arg(script)
+                .current_dir(peers)
+                .env("DATABASE_URL", cluster.url_for(database))
+                .env("BACKLOG", BACKLOG.to_string())
+                .status()
+                .expect("node");
+            assert!(status.success(), "{script} failed");
+        }
+    } else {
+        println!("peers: skipped (npm ci in engine/benches/peers first)");
+    }
+    pool.close().await;
 
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(engine.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let _ = engine.wait();
 }
 
 async fn trigger_bulk(client: &Client, name: &str, count: usize) {
+    trigger_batches(client, name, count, 500).await
+}
+
+async fn trigger_batches(client: &Client, name: &str, count: usize, per_call: usize) {
     let mut workflows = client.workflows();
     let mut left = count;
     while left > 0 {
-        let n = left.min(500);
+        let n = left.min(per_call);
         let batch = (0..n)
             .map(|_| pbv1::TriggerWorkflowRequest { name: name.into(), input: "{}".into(), ..Default::default() })
             .collect();
         workflows.bulk_trigger_workflow(pb::BulkTriggerWorkflowRequest { workflows: batch }).await.unwrap();
         left -= n;
     }
+}
+
+/// Trigger-to-start latency (p50, p99 in ms) of `samples` sequential no-op triggers.
+async fn latency(
+    client: &Client,
+    started_rx: &mut mpsc::UnboundedReceiver<(String, Instant)>,
+    samples: usize,
+) -> (f64, f64) {
+    let mut measured = Vec::with_capacity(samples);
+    let mut workflows = client.workflows();
+    for _ in 0..samples {
+        let before = Instant::now();
+        let req = pbv1::TriggerWorkflowRequest { name: "noop".into(), input: "{}".into(), ..Default::default() };
+        let run = workflows.trigger_workflow(req).await.unwrap().into_inner().workflow_run_id;
+        loop {
+            let (id, at) = started_rx.recv().await.unwrap();
+            if id == run {
+                measured.push(at.duration_since(before));
+                break;
+            }
+        }
+    }
+    measured.sort();
+    let pct = |p: f64| measured[((measured.len() as f64 * p) as usize).min(measured.len() - 1)].as_secs_f64() * 1000.0;
+    (pct(0.50), pct(0.99))
+}
+
+/// A memory line of /proc/<pid>/status (VmRSS, VmHWM), e.g. "23456 kB".
+fn memory(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or("?").trim().to_owned()
+}
+
+const CHURN_TABLES: &str = "'queue_item', 'task_runtime', 'retry_queue_item'";
+
+/// Live and dead tuples and total size of the engine's busiest tables.
+async fn bloat(pool: &sqlx::PgPool) -> String {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT relname::text, n_live_tup, n_dead_tup, pg_total_relation_size(relid) FROM pg_stat_user_tables \
+         WHERE schemaname = 'engine' AND relname IN ({CHURN_TABLES}, 'task', 'task_event') ORDER BY relname"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|(t, live, dead, size)| format!("{t}: live {live} dead {dead} {} kB", size / 1024))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn dead_queue_tuples(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT coalesce(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables \
+         WHERE schemaname = 'engine' AND relname IN ({CHURN_TABLES})"
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 async fn wait_tasks(progress: &Progress, target: u64) {

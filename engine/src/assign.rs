@@ -283,10 +283,17 @@ async fn claim(
     limit: i64,
 ) -> Result<Vec<ClaimRow>, EngineError> {
     let rows: Vec<ClaimRow> = sqlx::query_as(
-        "WITH claimed AS ( \
-           DELETE FROM engine.queue_item q WHERE q.id IN ( \
-             SELECT id FROM engine.queue_item WHERE tenant_id = $1 AND action = ANY($2) \
-             ORDER BY priority DESC, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+        // Per action, an ordered index scan that stops after `limit` rows; then the best of
+        // those across the group's actions. (`action = ANY(..)` in one scan cannot use the
+        // index's order, so it sorted the whole backlog on every pass.)
+        "WITH picked AS ( \
+           SELECT p.id FROM unnest($2::text[]) AS a(action) \
+           CROSS JOIN LATERAL ( \
+             SELECT q.id, q.priority FROM engine.queue_item q WHERE q.action = a.action AND q.tenant_id = $1 \
+             ORDER BY q.priority DESC, q.id LIMIT $3 FOR UPDATE SKIP LOCKED) p \
+           ORDER BY p.priority DESC, p.id LIMIT $3), \
+         claimed AS ( \
+           DELETE FROM engine.queue_item q USING picked WHERE q.id = picked.id \
            RETURNING q.id, q.task_id, q.retry_count, q.priority, q.schedule_timeout_at) \
          SELECT c.id AS queue_id, t.id AS task_id, c.retry_count, c.priority, c.schedule_timeout_at, s.slot_units, s.timeout_ms, \
                 r.id AS run_id, r.workflow_id, r.workflow_version_id AS version_id, s.id AS step_id, \
