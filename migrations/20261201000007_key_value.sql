@@ -2,7 +2,7 @@
 -- Every write bumps `version`, so clients can compare-and-set; `expires_at` makes a key
 -- vanish for reads at once, and the server's sweep deletes it later.
 CREATE TABLE app.kv_entry (
-    key        text PRIMARY KEY CHECK (key ~ '^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,511}$'),
+    key        text PRIMARY KEY CHECK (key ~ '^[A-Za-z0-9][A-Za-z0-9._:/@-]*$' AND char_length(key) <= 512),
     value      jsonb NOT NULL,
     version    bigint NOT NULL DEFAULT 1,
     tags       text[] NOT NULL DEFAULT '{}',

@@ -182,7 +182,8 @@ async fn main() {
     let mut enqueuers = Vec::new();
     for _ in 0..ENQUEUERS {
         let client = client.clone();
-        enqueuers.push(tokio::spawn(async move { trigger_batches(&client, "backlog", BACKLOG / ENQUEUERS, BULK).await }));
+        enqueuers
+            .push(tokio::spawn(async move { trigger_batches(&client, "backlog", BACKLOG / ENQUEUERS, BULK).await }));
     }
     for e in enqueuers {
         e.await.unwrap();

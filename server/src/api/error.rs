@@ -13,6 +13,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     cause: Option<String>,
+    current_version: Option<i64>,
 }
 
 /// The body of every error answer.
@@ -20,11 +21,20 @@ pub struct ApiError {
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
+    /// On a version conflict: the version the resource is at now (0: it does not exist).
+    #[serde(rename = "currentVersion", default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), cause: None }
+        ApiError { status, code, message: message.into(), cause: None, current_version: None }
+    }
+
+    /// A version conflict's answer carries the current version.
+    pub fn with_current_version(mut self, version: i64) -> Self {
+        self.current_version = Some(version);
+        self
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -51,6 +61,7 @@ impl ApiError {
             code: "internal",
             message: "internal server error".into(),
             cause: Some(cause.to_string()),
+            current_version: None,
         }
     }
 
@@ -91,7 +102,8 @@ impl IntoResponse for ApiError {
                 tracing::warn!(status = self.status.as_u16(), code = self.code, cause = %cause, "request failed");
             }
         }
-        let body = ErrorBody { code: self.code.to_string(), message: self.message };
+        let body =
+            ErrorBody { code: self.code.to_string(), message: self.message, current_version: self.current_version };
         (self.status, Json(body)).into_response()
     }
 }

@@ -6,6 +6,7 @@ mod gotrue_admin;
 mod health;
 mod identity;
 pub mod json;
+pub mod key_value;
 mod layers;
 pub mod metrics;
 mod projects;
@@ -48,7 +49,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(teams::remove_member))
         .routes(routes!(teams::set_member_role))
         .routes(routes!(projects::list, projects::create))
+        .routes(routes!(key_value::list, key_value::create))
+        .routes(routes!(key_value::upsert))
+        .routes(routes!(key_value::increment))
 }
+
+/// Keys may contain `/` too (`releases/2026/r1`).
+const KEY_ROUTE: &str = "/key-value/{*key}";
 
 /// The project route's identifier may contain `/` (`org/repo`): axum needs a catch-all
 /// segment there, which OpenAPI has no notation for, so it is routed by hand and documented
@@ -60,7 +67,14 @@ const PROJECT_ROUTE: &str = "/projects/{*identifier}";
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/sfp/api", api_routes()).split_for_parts();
     let (_, project) = OpenApiRouter::<AppState>::new()
-        .nest("/sfp/api", OpenApiRouter::new().routes(routes!(projects::get)))
+        .nest(
+            "/sfp/api",
+            OpenApiRouter::new().routes(routes!(projects::get)).routes(routes!(
+                key_value::get,
+                key_value::update,
+                key_value::delete
+            )),
+        )
         .split_for_parts();
     doc.merge(project);
     doc
@@ -106,6 +120,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
     let (api, _) = api_routes().split_for_parts();
     let api = api
         .route(PROJECT_ROUTE, get(projects::get))
+        .route(KEY_ROUTE, get(key_value::get).put(key_value::update).delete(key_value::delete))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::access::authorize));
     Router::new()
         .nest("/sfp/api", api)
@@ -137,6 +152,8 @@ pub async fn run(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // Expired keys are invisible at once; this deletes them from the table.
+    tokio::spawn(key_value::sweep_loop(state.pool.clone(), std::time::Duration::from_secs(60), shutdown.clone()));
     let app = router(state, &config);
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

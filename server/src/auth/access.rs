@@ -37,6 +37,7 @@ pub struct Rule {
 const OWNER: &[Role] = &[Role::Owner];
 const USERS: &[Role] = &[Role::Owner, Role::Member];
 const ANYONE: &[Role] = &[Role::Owner, Role::Member, Role::Application];
+const OWNER_OR_APP: &[Role] = &[Role::Owner, Role::Application];
 
 const fn rule(method: &'static str, path: &'static str, access: Access) -> Rule {
     Rule { method, path, access }
@@ -69,6 +70,14 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/projects", Access::Roles(ANYONE)),
     rule("POST", "/projects", Access::Roles(OWNER)),
     rule("GET", "/projects/{*identifier}", Access::Roles(ANYONE)),
+    // Key-value: everyone reads; owners and application tokens write (sfp server's matrix).
+    rule("GET", "/key-value", Access::Roles(ANYONE)),
+    rule("POST", "/key-value", Access::Roles(OWNER_OR_APP)),
+    rule("POST", "/key-value/upsert", Access::Roles(OWNER_OR_APP)),
+    rule("POST", "/key-value/increment", Access::Roles(OWNER_OR_APP)),
+    rule("GET", "/key-value/{*key}", Access::Roles(ANYONE)),
+    rule("PUT", "/key-value/{*key}", Access::Roles(OWNER_OR_APP)),
+    rule("DELETE", "/key-value/{*key}", Access::Roles(OWNER_OR_APP)),
 ];
 
 /// Routes whose calls are not worth an audit row (liveness probes). `/sfp/apidocs-json` is

@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod auth;
+mod key_value;
 mod openapi;
 mod stack;
 mod supabase_clients;
