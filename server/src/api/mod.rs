@@ -1,5 +1,6 @@
 //! The HTTP API: routes under `/sfp/api`, `/metrics`, and the layers every request passes.
 
+mod doc_store;
 pub mod error;
 mod gotrue;
 mod gotrue_admin;
@@ -52,7 +53,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(key_value::list, key_value::create))
         .routes(routes!(key_value::upsert))
         .routes(routes!(key_value::increment))
+        .routes(routes!(doc_store::list))
+        .routes(routes!(doc_store::collections, doc_store::create_collection))
+        .routes(routes!(doc_store::collection, doc_store::delete_collection))
+        .routes(routes!(doc_store::append_changelog))
 }
+
+/// Document keys are paths (`releases/2026/r1`).
+const DOC_ROUTE: &str = "/doc-store/docs/{*key}";
 
 /// Keys may contain `/` too (`releases/2026/r1`).
 const KEY_ROUTE: &str = "/key-value/{*key}";
@@ -69,11 +77,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, project) = OpenApiRouter::<AppState>::new()
         .nest(
             "/sfp/api",
-            OpenApiRouter::new().routes(routes!(projects::get)).routes(routes!(
-                key_value::get,
-                key_value::update,
-                key_value::delete
-            )),
+            OpenApiRouter::new()
+                .routes(routes!(projects::get))
+                .routes(routes!(key_value::get, key_value::update, key_value::delete))
+                .routes(routes!(doc_store::get, doc_store::put, doc_store::delete)),
         )
         .split_for_parts();
     doc.merge(project);
@@ -121,6 +128,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
     let api = api
         .route(PROJECT_ROUTE, get(projects::get))
         .route(KEY_ROUTE, get(key_value::get).put(key_value::update).delete(key_value::delete))
+        .route(DOC_ROUTE, get(doc_store::get).post(doc_store::put).delete(doc_store::delete))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::access::authorize));
     Router::new()
         .nest("/sfp/api", api)

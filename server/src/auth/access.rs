@@ -78,6 +78,16 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/key-value/{*key}", Access::Roles(ANYONE)),
     rule("PUT", "/key-value/{*key}", Access::Roles(OWNER_OR_APP)),
     rule("DELETE", "/key-value/{*key}", Access::Roles(OWNER_OR_APP)),
+    // Documents: everyone reads; owners and application tokens write and delete.
+    rule("GET", "/doc-store/docs", Access::Roles(ANYONE)),
+    rule("GET", "/doc-store/docs/{*key}", Access::Roles(ANYONE)),
+    rule("POST", "/doc-store/docs/{*key}", Access::Roles(OWNER_OR_APP)),
+    rule("DELETE", "/doc-store/docs/{*key}", Access::Roles(OWNER_OR_APP)),
+    rule("GET", "/doc-store/collections", Access::Roles(ANYONE)),
+    rule("POST", "/doc-store/collections", Access::Roles(OWNER_OR_APP)),
+    rule("GET", "/doc-store/collections/{name}", Access::Roles(ANYONE)),
+    rule("DELETE", "/doc-store/collections/{name}", Access::Roles(OWNER_OR_APP)),
+    rule("POST", "/doc-store/collections/{name}/changelog", Access::Roles(OWNER_OR_APP)),
 ];
 
 /// Routes whose calls are not worth an audit row (liveness probes). `/sfp/apidocs-json` is

@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod auth;
+mod doc_store;
 mod key_value;
 mod openapi;
 mod stack;

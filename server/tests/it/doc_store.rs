@@ -1,0 +1,183 @@
+//! The document store: versions and history, compare-and-set by body or If-Match, path keys
+//! listed by prefix, collections with their documents and changelog, roles, bad input.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sfp_server::auth::Role;
+use sqlx::PgPool;
+
+use crate::support::*;
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn every_write_is_a_version_and_history_is_readable(pool: PgPool) {
+    let app = TestApi::spawn(pool).await;
+    let owner = app.admin_token().await;
+    let doc = |m: &str, p: &str| app.request(m, &format!("/sfp/api/doc-store/docs/{p}")).bearer_auth(&owner);
+
+    let (status, created) = send(doc("POST", "releases/2026/r1").json(&json!({"value": {"packages": ["core"]}}))).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!((created["version"].clone(), created["collection"].clone()), (json!(1), json!("releases")));
+    let (status, updated) =
+        send(doc("POST", "releases/2026/r1").json(&json!({"value": {"packages": ["core", "data"]}, "version": 1})))
+            .await;
+    assert_eq!((status, updated["version"].clone()), (StatusCode::OK, json!(2)));
+    let (status, stale) = send(doc("POST", "releases/2026/r1").json(&json!({"value": {}, "version": 1}))).await;
+    assert_eq!(
+        (status, stale["currentVersion"].clone(), stale["code"].clone()),
+        (StatusCode::CONFLICT, json!(2), json!("version_conflict"))
+    );
+
+    let response = doc("GET", "releases/2026/r1").send().await.unwrap();
+    assert_eq!(response.headers()["etag"], "\"2\"");
+    let current: Value = response.json().await.unwrap();
+    assert_eq!(current["value"]["packages"], json!(["core", "data"]));
+    let (_, version) = send(doc("GET", "releases/2026/r1/version")).await;
+    assert_eq!(version["version"], 2);
+    let (status, first) = send(doc("GET", "releases/2026/r1?version=1")).await;
+    assert_eq!((status, first["value"].clone()), (StatusCode::OK, json!({"packages": ["core"]})));
+
+    // If-Match: the ETag of a read makes the next write conditional.
+    let (status, _) =
+        send(doc("POST", "releases/2026/r1").header("If-Match", "\"1\"").json(&json!({"value": {}}))).await;
+    assert_eq!(status, 409);
+    let (status, _) =
+        send(doc("POST", "releases/2026/r1").header("If-Match", "\"2\"").json(&json!({"value": {"final": true}})))
+            .await;
+    assert_eq!(status, 200);
+
+    let (status, body) = send(doc("DELETE", "releases/2026/r1").json(&json!({"version": 1}))).await;
+    assert_eq!((status, body["currentVersion"].clone()), (StatusCode::CONFLICT, json!(3)));
+    let (status, _) = send(doc("DELETE", "releases/2026/r1").json(&json!({"version": 3}))).await;
+    assert_eq!(status, 204);
+    let (status, _) = send(doc("GET", "releases/2026/r1")).await;
+    assert_eq!(status, 404);
+    let (status, history) = send(doc("GET", "releases/2026/r1/history")).await;
+    assert_eq!(status, 200);
+    let versions: Vec<(i64, bool)> = history["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].as_i64().unwrap(), v["deleted"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(versions, vec![(4, true), (3, false), (2, false), (1, false)], "the deletion is in the history");
+    let (status, again) = send(doc("POST", "releases/2026/r1").json(&json!({"value": {"reborn": true}}))).await;
+    assert_eq!((status, again["version"].clone()), (StatusCode::CREATED, json!(5)), "versions go on after a deletion");
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn keys_list_by_prefix_and_collections_hold_docs_and_changelogs(pool: PgPool) {
+    let app = TestApi::spawn(pool).await;
+    let owner = app.admin_token().await;
+    for key in ["releases/2026/r1", "releases/2026/r2", "releases/2025/r9", "builds/b1"] {
+        let (status, _) = send(
+            app.post(&format!("/sfp/api/doc-store/docs/{key}")).bearer_auth(&owner).json(&json!({"value": {"k": key}})),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let get = |p: &str| send(app.get(&format!("/sfp/api{p}")).bearer_auth(&owner));
+    let keys = |v: &Value| {
+        v["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let (_, page) = get("/doc-store/docs?prefix=releases/2026/&limit=1").await;
+    assert_eq!(keys(&page), vec!["releases/2026/r1"]);
+    let (_, rest) =
+        get(&format!("/doc-store/docs?prefix=releases/2026/&cursor={}", page["nextCursor"].as_str().unwrap())).await;
+    assert_eq!(keys(&rest), vec!["releases/2026/r2"]);
+
+    let (_, collections) = get("/doc-store/collections").await;
+    let named: Vec<(String, i64)> = collections
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap().to_owned(), c["documents"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        named,
+        vec![("builds".to_owned(), 1), ("releases".to_owned(), 3)],
+        "collections come with their first document"
+    );
+    let (status, _) =
+        send(app.post("/sfp/api/doc-store/collections").bearer_auth(&owner).json(&json!({"name": "releases"}))).await;
+    assert_eq!(status, 409);
+    let (status, _) =
+        send(app.post("/sfp/api/doc-store/collections").bearer_auth(&owner).json(&json!({"name": "audits"}))).await;
+    assert_eq!(status, 201);
+    let (_, docs) = get("/doc-store/collections/releases").await;
+    assert_eq!(keys(&docs), vec!["releases/2025/r9", "releases/2026/r1", "releases/2026/r2"]);
+    for n in 0..3 {
+        let (status, _) = send(
+            app.post("/sfp/api/doc-store/collections/audits/changelog")
+                .bearer_auth(&owner)
+                .json(&json!({"value": {"n": n}})),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let (_, log) = get("/doc-store/collections/audits?store=changelog&limit=2").await;
+    let ns: Vec<i64> = log["items"].as_array().unwrap().iter().map(|i| i["value"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![0, 1], "oldest first");
+    let (_, tail) =
+        get(&format!("/doc-store/collections/audits?store=changelog&cursor={}", log["nextCursor"].as_str().unwrap()))
+            .await;
+    assert_eq!(tail["items"].as_array().unwrap().len(), 1);
+    let (status, _) = get("/doc-store/collections/audits?store=blob").await;
+    assert_eq!(status, 400);
+
+    let (status, _) = send(app.request("DELETE", "/sfp/api/doc-store/collections/releases").bearer_auth(&owner)).await;
+    assert_eq!(status, 204);
+    let (status, _) = get("/doc-store/docs/releases/2026/r1").await;
+    assert_eq!(status, 404, "its documents went with it");
+    let (status, _) = get("/doc-store/docs/releases/2026/r1/history").await;
+    assert_eq!(status, 404, "and their history");
+    let (status, _) = get("/doc-store/collections/releases").await;
+    assert_eq!(status, 404);
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn members_read_and_bad_input_is_refused(pool: PgPool) {
+    let app = TestApi::spawn(pool).await;
+    let owner = app.admin_token().await;
+    let member = app.user("member@example.test", "member's password!", Role::Member).await;
+    send(app.post("/sfp/api/doc-store/docs/cfg/main").bearer_auth(&owner).json(&json!({"value": {"a": 1}}))).await;
+    let (status, _) = send(app.get("/sfp/api/doc-store/docs/cfg/main").bearer_auth(&member)).await;
+    assert_eq!(status, 200, "members read");
+    let (status, err) =
+        send(app.post("/sfp/api/doc-store/docs/cfg/main").bearer_auth(&member).json(&json!({"value": {}}))).await;
+    assert_eq!(status, 403, "{err}");
+    let (status, _) = send(app.request("DELETE", "/sfp/api/doc-store/collections/cfg").bearer_auth(&member)).await;
+    assert_eq!(status, 403);
+
+    let post = |key: &str, body: Value| {
+        send(app.post(&format!("/sfp/api/doc-store/docs/{key}")).bearer_auth(&owner).json(&body))
+    };
+    let big = "x".repeat(1024 * 1024 + 10);
+    let (status, err) = post("cfg/big", json!({"value": big})).await;
+    assert_eq!(status, 413, "{err}");
+    assert!(err["message"].as_str().unwrap().contains("1048576"), "{err}");
+    for key in ["cfg//double", "cfg/-dash", "cfg/with space", "cfg/main/history", "cfg/main/version"] {
+        let (status, err) = post(key, json!({"value": 1})).await;
+        assert_eq!(status, 400, "{key}: {err}");
+    }
+    let (status, err) = post("cfg/x", json!({"value": 1, "version": 2})).await;
+    assert_eq!((status, err["currentVersion"].clone()), (StatusCode::CONFLICT, json!(0)), "no such document yet");
+    let (status, _) = post("cfg/x", json!({"value": 1, "extra": true})).await;
+    assert_eq!(status, 422);
+    let (status, err) = send(
+        app.post("/sfp/api/doc-store/docs/cfg/main")
+            .bearer_auth(&owner)
+            .header("If-Match", "\"1\"")
+            .json(&json!({"value": {}, "version": 7})),
+    )
+    .await;
+    assert_eq!(status, 400, "body and If-Match disagree: {err}");
+    let (status, _) =
+        send(app.post("/sfp/api/doc-store/collections").bearer_auth(&owner).json(&json!({"name": "bad/name"}))).await;
+    assert_eq!(status, 400);
+}
