@@ -9,6 +9,7 @@ mod identity;
 pub mod json;
 pub mod key_value;
 mod layers;
+pub mod locks;
 pub mod metrics;
 mod projects;
 mod teams;
@@ -57,7 +58,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(doc_store::collections, doc_store::create_collection))
         .routes(routes!(doc_store::collection, doc_store::delete_collection))
         .routes(routes!(doc_store::append_changelog))
+        .routes(routes!(locks::create))
 }
+
+/// Lock paths hold a repository that may contain `/`.
+const LOCK_ROUTE: &str = "/locks/{*path}";
 
 /// Document keys are paths (`releases/2026/r1`).
 const DOC_ROUTE: &str = "/doc-store/docs/{*key}";
@@ -80,7 +85,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             OpenApiRouter::new()
                 .routes(routes!(projects::get))
                 .routes(routes!(key_value::get, key_value::update, key_value::delete))
-                .routes(routes!(doc_store::get, doc_store::put, doc_store::delete)),
+                .routes(routes!(doc_store::get, doc_store::put, doc_store::delete))
+                .routes(routes!(locks::get, locks::delete)),
         )
         .split_for_parts();
     doc.merge(project);
@@ -129,6 +135,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route(PROJECT_ROUTE, get(projects::get))
         .route(KEY_ROUTE, get(key_value::get).put(key_value::update).delete(key_value::delete))
         .route(DOC_ROUTE, get(doc_store::get).post(doc_store::put).delete(doc_store::delete))
+        .route(LOCK_ROUTE, get(locks::get).delete(locks::delete))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::access::authorize));
     Router::new()
         .nest("/sfp/api", api)

@@ -88,6 +88,10 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/doc-store/collections/{name}", Access::Roles(ANYONE)),
     rule("DELETE", "/doc-store/collections/{name}", Access::Roles(OWNER_OR_APP)),
     rule("POST", "/doc-store/collections/{name}/changelog", Access::Roles(OWNER_OR_APP)),
+    // Locks: anyone with a role queues and reads; release is checked per ticket.
+    rule("POST", "/locks", Access::Roles(ANYONE)),
+    rule("GET", "/locks/{*path}", Access::Roles(ANYONE)),
+    rule("DELETE", "/locks/{*path}", Access::Roles(ANYONE)),
 ];
 
 /// Routes whose calls are not worth an audit row (liveness probes). `/sfp/apidocs-json` is

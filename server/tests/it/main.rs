@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod doc_store;
 mod key_value;
+mod locks;
 mod openapi;
 mod stack;
 mod supabase_clients;
