@@ -1,6 +1,7 @@
 //! The HTTP API: routes under `/sfp/api`, `/metrics`, and the layers every request passes.
 
 mod doc_store;
+mod environments;
 pub mod error;
 mod gotrue;
 mod gotrue_admin;
@@ -59,6 +60,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(doc_store::collection, doc_store::delete_collection))
         .routes(routes!(doc_store::append_changelog))
         .routes(routes!(locks::create))
+        .routes(routes!(environments::list, environments::create))
+        .routes(routes!(environments::orchestration_order))
+        .routes(routes!(environments::get, environments::delete))
+        .routes(routes!(environments::lock))
+        .routes(routes!(environments::unlock))
 }
 
 /// Lock paths hold a repository that may contain `/`.

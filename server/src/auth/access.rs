@@ -92,6 +92,14 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/locks", Access::Roles(ANYONE)),
     rule("GET", "/locks/{*path}", Access::Roles(ANYONE)),
     rule("DELETE", "/locks/{*path}", Access::Roles(ANYONE)),
+    // Environments: everyone reads and locks; owners and application tokens manage them.
+    rule("GET", "/environments", Access::Roles(ANYONE)),
+    rule("POST", "/environments", Access::Roles(OWNER_OR_APP)),
+    rule("GET", "/environments/orchestration-order", Access::Roles(ANYONE)),
+    rule("GET", "/environments/{id}", Access::Roles(ANYONE)),
+    rule("DELETE", "/environments/{id}", Access::Roles(OWNER_OR_APP)),
+    rule("POST", "/environments/{id}/lock", Access::Roles(ANYONE)),
+    rule("DELETE", "/environments/{id}/lock/{ticket}", Access::Roles(ANYONE)),
 ];
 
 /// Routes whose calls are not worth an audit row (liveness probes). `/sfp/apidocs-json` is

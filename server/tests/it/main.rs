@@ -5,6 +5,7 @@ mod access;
 mod api;
 mod auth;
 mod doc_store;
+mod environments;
 mod key_value;
 mod locks;
 mod openapi;
