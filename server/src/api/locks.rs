@@ -138,9 +138,12 @@ pub async fn request(
     settle(tx, repository, resource).await?;
     let id = Uuid::now_v7();
     sqlx::query(
+        // The queue is ordered by created_at: take the time now, under the resource's lock,
+        // not at the start of the transaction (which may have waited for that lock).
         "INSERT INTO app.lock_ticket (id, repository, resource, status, lease_duration_seconds, wait_expires_at, reason, \
-                                      requested_by, requested_by_token) \
-         VALUES ($1, $2, $3, 'queued', $4, now() + make_interval(secs => $5), $6, auth.uid(), $7)",
+                                      requested_by, requested_by_token, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'queued', $4, now() + make_interval(secs => $5), $6, auth.uid(), $7, \
+                 clock_timestamp(), clock_timestamp())",
     )
     .bind(id)
     .bind(repository)

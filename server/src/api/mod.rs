@@ -1,5 +1,6 @@
 //! The HTTP API: routes under `/sfp/api`, `/metrics`, and the layers every request passes.
 
+mod doc_query;
 mod doc_store;
 mod environments;
 pub mod error;
@@ -59,6 +60,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(doc_store::collections, doc_store::create_collection))
         .routes(routes!(doc_store::collection, doc_store::delete_collection))
         .routes(routes!(doc_store::append_changelog))
+        .routes(routes!(doc_query::query))
         .routes(routes!(locks::create))
         .routes(routes!(environments::list, environments::create))
         .routes(routes!(environments::orchestration_order))

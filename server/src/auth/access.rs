@@ -88,6 +88,7 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/doc-store/collections/{name}", Access::Roles(ANYONE)),
     rule("DELETE", "/doc-store/collections/{name}", Access::Roles(OWNER_OR_APP)),
     rule("POST", "/doc-store/collections/{name}/changelog", Access::Roles(OWNER_OR_APP)),
+    rule("POST", "/doc-store/query", Access::Roles(ANYONE)),
     // Locks: anyone with a role queues and reads; release is checked per ticket.
     rule("POST", "/locks", Access::Roles(ANYONE)),
     rule("GET", "/locks/{*path}", Access::Roles(ANYONE)),

@@ -181,3 +181,75 @@ async fn members_read_and_bad_input_is_refused(pool: PgPool) {
         send(app.post("/sfp/api/doc-store/collections").bearer_auth(&owner).json(&json!({"name": "bad/name"}))).await;
     assert_eq!(status, 400);
 }
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn queries_filter_sort_and_page_across_collections(pool: PgPool) {
+    let app = TestApi::spawn(pool).await;
+    let owner = app.admin_token().await;
+    for (key, value) in [
+        ("releases/r1", json!({"status": "done", "build": 3, "env": "uat", "tags": ["x", "y"]})),
+        ("releases/r2", json!({"status": "open", "build": 10, "env": "sit"})),
+        ("releases/r3", json!({"status": "done", "build": 7, "env": "sit", "tags": ["y"]})),
+        ("builds/b1", json!({"status": "done", "build": 1})),
+    ] {
+        let (status, _) = send(
+            app.post(&format!("/sfp/api/doc-store/docs/{key}")).bearer_auth(&owner).json(&json!({"value": value})),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let query = |body: Value| send(app.post("/sfp/api/doc-store/query").bearer_auth(&owner).json(&body));
+    let keys = |v: &Value| {
+        v["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+
+    let (status, done) =
+        query(json!({"collections": ["releases"], "filter": [{"path": "status", "op": "eq", "value": "done"}]})).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(keys(&done), vec!["releases/r1", "releases/r3"]);
+    let (_, everywhere) = query(json!({"filter": [{"path": "status", "op": "eq", "value": "done"}]})).await;
+    assert_eq!(keys(&everywhere), vec!["builds/b1", "releases/r1", "releases/r3"], "across collections");
+    let (_, big) = query(
+        json!({"filter": [{"path": "build", "op": "gte", "value": 5}], "sort": {"by": "build", "direction": "desc"}}),
+    )
+    .await;
+    assert_eq!(keys(&big), vec!["releases/r2", "releases/r3"]);
+    let (_, envs) = query(json!({"filter": [{"path": "env", "op": "in", "value": ["uat", "sit"]}, {"path": "status", "op": "ne", "value": "open"}]})).await;
+    assert_eq!(keys(&envs), vec!["releases/r1", "releases/r3"]);
+    let (_, tagged) = query(json!({"filter": [{"path": "tags", "op": "contains", "value": ["y"]}]})).await;
+    assert_eq!(keys(&tagged), vec!["releases/r1", "releases/r3"]);
+    let (_, with_tags) = query(json!({"prefix": "releases/", "filter": [{"path": "tags", "op": "exists"}]})).await;
+    assert_eq!(keys(&with_tags), vec!["releases/r1", "releases/r3"]);
+    let (_, exact) = query(json!({"filter": [{"path": "tags", "op": "eq", "value": ["y"]}]})).await;
+    assert_eq!(keys(&exact), vec!["releases/r3"], "eq on an array is equality, not containment");
+
+    // Pages of one, by build ascending, through the cursor.
+    let mut seen = Vec::new();
+    let mut cursor = Value::Null;
+    loop {
+        let (status, page) =
+            query(json!({"collections": ["releases"], "sort": {"by": "build"}, "limit": 1, "cursor": cursor})).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(keys(&page));
+        cursor = page["nextCursor"].clone();
+        if cursor.is_null() {
+            break;
+        }
+    }
+    assert_eq!(seen, vec!["releases/r1", "releases/r3", "releases/r2"]);
+
+    for (body, named) in [
+        (json!({"filter": [{"path": "status", "op": "like", "value": "d%"}]}), "like"),
+        (json!({"filter": [{"path": "a..b", "op": "eq", "value": 1}]}), "a..b"),
+        (json!({"filter": [{"path": "build", "op": "gt", "value": true}]}), "compares"),
+        (json!({"filter": [{"path": "env", "op": "in", "value": "uat"}]}), "array"),
+        (json!({"filter": [{"path": "env", "op": "eq"}]}), "needs a value"),
+        (json!({"cursor": "not-a-cursor"}), "cursor"),
+        (json!({"sort": {"by": "build", "direction": "sideways"}}), "direction"),
+        (json!({"limit": 0}), "limit"),
+    ] {
+        let (status, err) = query(body.clone()).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert!(err["message"].as_str().unwrap().contains(named), "{body}: {err}");
+    }
+}

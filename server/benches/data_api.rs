@@ -1,0 +1,244 @@
+//! Data API benchmark (not a test): `cargo bench -p sfp-server --bench data_api`.
+//!
+//! Starts the real `sfp-server start` (embedded stack, its own PostgreSQL cluster in a
+//! throwaway folder), signs in as the administrator, and measures through HTTP:
+//! 1. an open-loop mixed load at a fixed rate (KV get, KV upsert, doc get, doc write, a
+//!    quarter each) with latency p50/p99 per operation and overall;
+//! 2. the closed-loop maximum with 32 concurrent clients;
+//! 3. a selective document query over 1,000,000 documents (inserted with SQL), p50/p99;
+//! 4. the server process's RSS (current and peak) under that load.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+const RATE: u64 = 2_000;
+const OPEN_LOOP: Duration = Duration::from_secs(15);
+const CLOSED_LOOP: Duration = Duration::from_secs(10);
+const CLIENTS: usize = 32;
+const KEYS: usize = 1_000;
+const DOCS: i64 = 1_000_000;
+const QUERIES: usize = 200;
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    KvGet,
+    KvPut,
+    DocGet,
+    DocPut,
+}
+
+const OPS: [Op; 4] = [Op::KvGet, Op::KvPut, Op::DocGet, Op::DocPut];
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn call(&self, op: Op, n: usize) -> bool {
+        let k = n % KEYS;
+        let request = match op {
+            Op::KvGet => self.client.get(format!("{}/sfp/api/key-value/bench/k{k}", self.base)),
+            Op::KvPut => self
+                .client
+                .post(format!("{}/sfp/api/key-value/upsert", self.base))
+                .json(&json!({"key": format!("bench/k{k}"), "value": {"n": n}})),
+            Op::DocGet => self.client.get(format!("{}/sfp/api/doc-store/docs/bench/d{k}", self.base)),
+            Op::DocPut => self
+                .client
+                .post(format!("{}/sfp/api/doc-store/docs/bench/d{k}", self.base))
+                .json(&json!({"value": {"n": n, "status": "open"}})),
+        };
+        matches!(request.bearer_auth(&self.token).send().await, Ok(r) if r.status().is_success())
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn memory(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or("?").trim().to_owned()
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::Builder::new().prefix("sfp-data-bench-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_sfp-server");
+    let mut server = Command::new(bin)
+        .args(["start", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .env("SFP_LOG", "warn")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sfp-server");
+    let mut base = String::new();
+    for line in BufReader::new(server.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(url) = line.strip_prefix("ready: ") {
+            base = url.to_owned();
+            break;
+        }
+    }
+    let pid = server.id();
+    let creds: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("admin-credentials.json")).unwrap()).unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let login: Value = client
+        .post(format!("{base}/sfp/api/auth/admin/login"))
+        .json(&json!({"email": creds["email"], "password": creds["password"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().expect("a token").to_owned();
+    let api = Arc::new(Api { client, base: base.clone(), token });
+    for k in 0..KEYS {
+        assert!(api.call(Op::KvPut, k).await && api.call(Op::DocPut, k).await, "seeding");
+    }
+
+    // 1. Open loop at RATE requests/s.
+    let samples: Arc<Mutex<Vec<(Op, Duration, bool)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut n = 0usize;
+    let mut running = Vec::new();
+    while started.elapsed() < OPEN_LOOP {
+        tick.tick().await;
+        let (api, samples, op) = (api.clone(), samples.clone(), OPS[n % 4]);
+        running.push(tokio::spawn(async move {
+            let at = Instant::now();
+            let ok = api.call(op, n).await;
+            samples.lock().await.push((op, at.elapsed(), ok));
+        }));
+        n += 1;
+    }
+    for r in running {
+        r.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let samples = samples.lock().await;
+    let errors = samples.iter().filter(|s| !s.2).count();
+    println!(
+        "open_loop {:.0} req/s offered, {:.0} req/s done, {errors} errors ({} requests in {elapsed:.1} s)",
+        RATE,
+        samples.len() as f64 / elapsed,
+        samples.len()
+    );
+    let mut all: Vec<Duration> = samples.iter().map(|s| s.1).collect();
+    all.sort();
+    println!("open_loop_ms all p50 {:.2} p99 {:.2}", percentile(&all, 0.5), percentile(&all, 0.99));
+    for op in OPS {
+        let mut d: Vec<Duration> = samples
+            .iter()
+            .filter(|s| {
+                matches!(
+                    (s.0, op),
+                    (Op::KvGet, Op::KvGet)
+                        | (Op::KvPut, Op::KvPut)
+                        | (Op::DocGet, Op::DocGet)
+                        | (Op::DocPut, Op::DocPut)
+                )
+            })
+            .map(|s| s.1)
+            .collect();
+        d.sort();
+        println!("open_loop_ms {op:?} p50 {:.2} p99 {:.2}", percentile(&d, 0.5), percentile(&d, 0.99));
+    }
+    println!("server_rss_under_load {} (peak {})", memory(pid, "VmRSS:"), memory(pid, "VmHWM:"));
+    drop(samples);
+
+    // 2. Closed loop: as fast as CLIENTS clients go.
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for c in 0..CLIENTS {
+        let api = api.clone();
+        workers.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            let mut i = c;
+            while started.elapsed() < CLOSED_LOOP {
+                api.call(OPS[i % 4], i).await;
+                done += 1;
+                i += CLIENTS;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap();
+    }
+    println!("closed_loop_req_per_s {:.0} ({CLIENTS} clients, mixed)", total as f64 / started.elapsed().as_secs_f64());
+
+    // 3. A selective query over 1,000,000 documents.
+    let url =
+        String::from_utf8(Command::new(bin).args(["db", "url", "--data-dir"]).arg(dir.path()).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let loading = Instant::now();
+    sqlx::query("INSERT INTO app.doc_collection (name) VALUES ('perf') ON CONFLICT DO NOTHING")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO app.doc (key, collection, value) \
+         SELECT 'perf/d' || i, 'perf', jsonb_build_object('status', (ARRAY['open','done','failed'])[i % 3 + 1], \
+                'build', i, 'env', 'e' || (i % 100), 'owner', 'u' || (i % 1000)) \
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind(DOCS)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE app.doc").execute(&pool).await.unwrap();
+    println!("loaded {DOCS} documents in {:.1} s", loading.elapsed().as_secs_f64());
+    let mut latencies = Vec::with_capacity(QUERIES);
+    let mut matched = 0;
+    for q in 0..QUERIES {
+        let body = json!({"collections": ["perf"], "limit": 50,
+            "filter": [{"path": "owner", "op": "eq", "value": format!("u{}", q % 1000)}, {"path": "status", "op": "eq", "value": "done"}]});
+        let at = Instant::now();
+        let page: Value = api
+            .client
+            .post(format!("{base}/sfp/api/doc-store/query"))
+            .bearer_auth(&api.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        latencies.push(at.elapsed());
+        matched += page["items"].as_array().map_or(0, Vec::len);
+    }
+    latencies.sort();
+    println!(
+        "doc_query_1m_ms p50 {:.2} p99 {:.2} ({QUERIES} queries: owner = u<n> and status = done, 50 per page, {} rows returned)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        matched
+    );
+    println!("server_rss_end {} (peak {})", memory(pid, "VmRSS:"), memory(pid, "VmHWM:"));
+    pool.close().await;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = server.wait();
+}
