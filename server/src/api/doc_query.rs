@@ -180,10 +180,7 @@ pub async fn query(
     Authenticated(caller): Authenticated,
     ApiJson(body): ApiJson<QueryRequest>,
 ) -> ApiResult<Json<Value>> {
-    let limit = body.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
+    let limit = super::paging::page_limit(Some(body.limit.unwrap_or(50)))?;
     if body.filter.len() > MAX_FILTERS {
         return Err(ApiError::bad_request(format!("at most {MAX_FILTERS} filters")));
     }
@@ -209,8 +206,7 @@ pub async fn query(
         q.push(" AND d.collection = ANY(").push_bind(body.collections.clone()).push(")");
     }
     if let Some(prefix) = &body.prefix {
-        let pattern = format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-        q.push(" AND d.key LIKE ").push_bind(pattern);
+        q.push(" AND d.key LIKE ").push_bind(super::paging::like_prefix(prefix));
     }
     for f in &body.filter {
         add_filter(&mut q, f)?;
@@ -242,11 +238,10 @@ pub async fn query(
     q.push(" LIMIT ").push_bind(limit + 1);
 
     let mut tx = begin_as(&state.pool, &caller).await?;
+    super::paging::read_as_reader(&mut tx).await?;
     let rows: Vec<Row> = q.build_query_as().fetch_all(&mut *tx).await?;
     tx.commit().await?;
-    let more = rows.len() as i64 > limit;
-    let page = &rows[..rows.len().min(limit as usize)];
-    let next = if more { page.last().map(|r| encode_cursor(&r.sort_value, &r.key)) } else { None };
+    let (page, next) = super::paging::split_page(rows, limit, |r| encode_cursor(&r.sort_value, &r.key));
     let items: Vec<Value> = page
         .iter()
         .map(|d| {

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
+use super::paging::{check_stored_json, like_prefix, page_limit, read_as_reader, split_page, writers_only};
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
 use crate::state::AppState;
@@ -84,18 +85,7 @@ fn check_collection(name: &str) -> ApiResult<()> {
 }
 
 fn check_value(value: &Value) -> ApiResult<()> {
-    let text = value.to_string();
-    if text.len() > MAX_DOC_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the document is {} bytes of JSON; the limit is {MAX_DOC_BYTES}", text.len()),
-        ));
-    }
-    if text.contains("\\u0000") {
-        return Err(ApiError::bad_request("the document contains the character U+0000, which cannot be stored"));
-    }
-    Ok(())
+    check_stored_json(value, MAX_DOC_BYTES, "document")
 }
 
 /// The version a write expects: the body's `version`, or `If-Match: "n"`; both must agree.
@@ -114,10 +104,6 @@ fn expected_version(body: Option<i64>, headers: &HeaderMap) -> ApiResult<Option<
         (Some(b), Some(h)) if b != h => Err(ApiError::bad_request(format!("version {b} and If-Match {h} disagree"))),
         (b, h) => Ok(b.or(h)),
     }
-}
-
-fn refused() -> String {
-    "Forbidden - Requires role: owner, application".into()
 }
 
 fn conflict(key: &str, expected: i64, current: i64) -> ApiError {
@@ -261,7 +247,7 @@ pub async fn put(
     let expected = expected_version(body.version, &headers)?;
     let collection = key.split('/').next().unwrap_or_default().to_owned();
     let mut tx = begin_as(&state.pool, &caller).await?;
-    let write_error = |e| rls::write_error(e, String::new, refused);
+    let write_error = |e| rls::write_error(e, String::new, writers_only);
     // The collection exists from the first document written into it.
     sqlx::query("INSERT INTO app.doc_collection (name, created_by) VALUES ($1, auth.uid()) ON CONFLICT DO NOTHING")
         .bind(&collection)
@@ -301,7 +287,7 @@ pub async fn put(
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| {
-                rls::write_error(e, || format!("document {key:?} was created at the same time; retry"), refused)
+                rls::write_error(e, || format!("document {key:?} was created at the same time; retry"), writers_only)
             })?;
             (doc, StatusCode::CREATED)
         }
@@ -356,7 +342,7 @@ pub async fn delete(
     if let Some(want) = expected.filter(|w| *w != current) {
         return Err(conflict(&key, want, current));
     }
-    let write_error = |e| rls::write_error(e, String::new, refused);
+    let write_error = |e| rls::write_error(e, String::new, writers_only);
     sqlx::query("DELETE FROM app.doc WHERE key = $1").bind(&key).execute(&mut *tx).await.map_err(write_error)?;
     sqlx::query("INSERT INTO app.doc_version (key, version, value, written_by) VALUES ($1, $2, NULL, auth.uid())")
         .bind(&key)
@@ -376,15 +362,6 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-fn page_limit(limit: Option<i64>) -> ApiResult<i64> {
-    let limit = limit.unwrap_or(100);
-    if (1..=1000).contains(&limit) { Ok(limit) } else { Err(ApiError::bad_request("limit must be between 1 and 1000")) }
-}
-
-fn like_prefix(prefix: &str) -> String {
-    format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
-}
-
 /// `GET /sfp/api/doc-store/docs?prefix=&limit=&cursor=`: keys in order, a page at a time.
 #[utoipa::path(get, path = "/doc-store/docs", tag = "doc-store", security(("bearer" = [])),
     params(("prefix" = Option<String>, Query, description = "Only keys starting with this, e.g. `releases/2026/`"),
@@ -399,6 +376,7 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let limit = page_limit(q.limit)?;
     let mut tx = begin_as(&state.pool, &caller).await?;
+    read_as_reader(&mut tx).await?;
     let rows: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(
         "SELECT key, version, updated_at FROM app.doc WHERE key LIKE $1 AND ($2::text IS NULL OR key > $2) \
          ORDER BY key LIMIT $3",
@@ -409,10 +387,8 @@ pub async fn list(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let more = rows.len() as i64 > limit;
-    let page = &rows[..rows.len().min(limit as usize)];
+    let (page, next) = split_page(rows, limit, |(k, _, _)| k.clone());
     let items: Vec<Value> = page.iter().map(|(k, v, at)| json!({"key": k, "version": v, "updatedAt": at})).collect();
-    let next = if more { page.last().map(|(k, _, _)| k.clone()) } else { None };
     Ok(Json(json!({"items": items, "nextCursor": next})))
 }
 
@@ -461,7 +437,7 @@ pub async fn create_collection(
     .bind(&body.name)
     .fetch_one(&mut *tx)
     .await
-    .map_err(|e| rls::write_error(e, || format!("collection {:?} exists", body.name), refused))?;
+    .map_err(|e| rls::write_error(e, || format!("collection {:?} exists", body.name), writers_only))?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(json!({"name": body.name, "documents": 0, "createdAt": at}))))
 }
@@ -510,12 +486,8 @@ pub async fn collection(
             .bind(limit + 1)
             .fetch_all(&mut *tx)
             .await?;
-            let more = rows.len() as i64 > limit;
-            let page = &rows[..rows.len().min(limit as usize)];
-            (
-                page.iter().map(doc_json).collect::<Vec<_>>(),
-                if more { page.last().map(|d| d.key.clone()) } else { None },
-            )
+            let (page, next) = split_page(rows, limit, |d| d.key.clone());
+            (page.iter().map(doc_json).collect::<Vec<_>>(), next)
         }
         "changelog" => {
             let after: Option<i64> = match &q.cursor {
@@ -533,11 +505,10 @@ pub async fn collection(
             .bind(limit + 1)
             .fetch_all(&mut *tx)
             .await?;
-            let more = rows.len() as i64 > limit;
-            let page = &rows[..rows.len().min(limit as usize)];
+            let (page, next) = split_page(rows, limit, |r| r.0.to_string());
             let items =
                 page.iter().map(|(id, k, v, at)| json!({"id": id, "key": k, "value": v, "createdAt": at})).collect();
-            (items, if more { page.last().map(|r| r.0.to_string()) } else { None })
+            (items, next)
         }
         other => return Err(ApiError::bad_request(format!("store {other:?} is not doc or changelog"))),
     };
@@ -572,7 +543,7 @@ pub async fn append_changelog(
         check_key(key)?;
     }
     let mut tx = begin_as(&state.pool, &caller).await?;
-    let write_error = |e| rls::write_error(e, String::new, refused);
+    let write_error = |e| rls::write_error(e, String::new, writers_only);
     sqlx::query("INSERT INTO app.doc_collection (name, created_by) VALUES ($1, auth.uid()) ON CONFLICT DO NOTHING")
         .bind(&name)
         .execute(&mut *tx)
@@ -605,7 +576,7 @@ pub async fn delete_collection(
 ) -> ApiResult<StatusCode> {
     check_collection(&name)?;
     let mut tx = begin_as(&state.pool, &caller).await?;
-    let write_error = |e| rls::write_error(e, String::new, refused);
+    let write_error = |e| rls::write_error(e, String::new, writers_only);
     sqlx::query("DELETE FROM app.doc_version WHERE key = $1 OR key LIKE $2")
         .bind(&name)
         .bind(like_prefix(&format!("{name}/")))

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
 use super::locks::{self, Ticket, ticket_json};
+use super::paging::writers_only;
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
 use crate::state::AppState;
@@ -97,10 +98,6 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
-fn refused() -> String {
-    "Forbidden - Requires role: owner, application".into()
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewEnvironment {
@@ -169,7 +166,7 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| {
-        rls::write_error(e, || format!("{} already has an environment {:?}", body.repository_identifier, body.name), refused)
+        rls::write_error(e, || format!("{} already has an environment {:?}", body.repository_identifier, body.name), writers_only)
     })?;
     let answer = environment_json(&mut tx, &env).await?;
     tx.commit().await?;
@@ -321,7 +318,7 @@ pub async fn delete(
         .bind(env.id)
         .execute(&mut *tx)
         .await
-        .map_err(|e| rls::write_error(e, String::new, refused))?;
+        .map_err(|e| rls::write_error(e, String::new, writers_only))?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

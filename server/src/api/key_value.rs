@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
+use super::paging::{check_stored_json, like_prefix, page_limit, read_as_reader, split_page, writers_only};
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
 use crate::state::AppState;
@@ -125,18 +126,7 @@ fn check_key(key: &str) -> ApiResult<()> {
 }
 
 fn check_value(value: &Value) -> ApiResult<()> {
-    let size = value.to_string().len();
-    if size > MAX_VALUE_BYTES {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the value is {size} bytes of JSON; the limit is {MAX_VALUE_BYTES}"),
-        ));
-    }
-    if value.to_string().contains("\\u0000") {
-        return Err(ApiError::bad_request("the value contains the character U+0000, which cannot be stored"));
-    }
-    Ok(())
+    check_stored_json(value, MAX_VALUE_BYTES, "value")
 }
 
 fn check_tags(tags: &Option<Vec<String>>) -> ApiResult<()> {
@@ -157,10 +147,6 @@ fn check_ttl(ttl: Option<i64>) -> ApiResult<()> {
         }
         _ => Ok(()),
     }
-}
-
-fn refused() -> String {
-    "Forbidden - Requires role: owner, application".into()
 }
 
 fn version_conflict(key: &str, expected: i64, current: Option<i64>) -> ApiError {
@@ -205,7 +191,7 @@ pub async fn create(
         return Err(ApiError::bad_request("expectedVersion belongs to upsert and update; create never overwrites"));
     }
     let mut tx = begin_as(&state.pool, &caller).await?;
-    drop_expired(&mut tx, &body.key).await.map_err(|e| rls::write_error(e, String::new, refused))?;
+    drop_expired(&mut tx, &body.key).await.map_err(|e| rls::write_error(e, String::new, writers_only))?;
     let entry: Entry = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO app.kv_entry (key, value, tags, expires_at, created_by, updated_by) \
          VALUES ($1, $2, $3, now() + make_interval(secs => $4), auth.uid(), auth.uid()) RETURNING {COLUMNS}"
@@ -216,7 +202,7 @@ pub async fn create(
     .bind(body.ttl_seconds.filter(|t| *t > 0).map(|t| t as f64))
     .fetch_one(&mut *tx)
     .await
-    .map_err(|e| rls::write_error(e, || format!("key {:?} exists", body.key), refused))?;
+    .map_err(|e| rls::write_error(e, || format!("key {:?} exists", body.key), writers_only))?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(entry_json(&entry))))
 }
@@ -239,7 +225,7 @@ pub async fn upsert(
     check_tags(&body.tags)?;
     check_ttl(body.ttl_seconds)?;
     let mut tx = begin_as(&state.pool, &caller).await?;
-    drop_expired(&mut tx, &body.key).await.map_err(|e| rls::write_error(e, String::new, refused))?;
+    drop_expired(&mut tx, &body.key).await.map_err(|e| rls::write_error(e, String::new, writers_only))?;
     let ttl = body.ttl_seconds.filter(|t| *t > 0).map(|t| t as f64);
     let written: Option<Entry> = match body.expected_version {
         // Not there yet: an insert that does nothing if the key exists.
@@ -288,7 +274,7 @@ pub async fn upsert(
             .await
         }
     }
-    .map_err(|e| rls::write_error(e, String::new, refused))?;
+    .map_err(|e| rls::write_error(e, String::new, writers_only))?;
     let Some(entry) = written else {
         let current = current_version(&mut tx, &body.key).await?;
         return Err(version_conflict(&body.key, body.expected_version.unwrap_or(0), current));
@@ -354,7 +340,7 @@ pub async fn update(
     .bind(body.expected_version)
     .fetch_optional(&mut *tx)
     .await
-    .map_err(|e| rls::write_error(e, String::new, refused))?;
+    .map_err(|e| rls::write_error(e, String::new, writers_only))?;
     let Some(entry) = entry else {
         return Err(match (current_version(&mut tx, &key).await?, body.expected_version) {
             (Some(current), Some(expected)) => version_conflict(&key, expected, Some(current)),
@@ -388,7 +374,7 @@ pub async fn delete(
     .bind(q.expected_version)
     .fetch_optional(&mut *tx)
     .await
-    .map_err(|e| rls::write_error(e, String::new, refused))?;
+    .map_err(|e| rls::write_error(e, String::new, writers_only))?;
     if deleted.is_none() {
         return Err(match (current_version(&mut tx, &key).await?, q.expected_version) {
             (Some(current), Some(expected)) => version_conflict(&key, expected, Some(current)),
@@ -413,7 +399,7 @@ pub async fn increment(
     check_key(&body.key)?;
     check_ttl(body.ttl_seconds)?;
     let mut tx = begin_as(&state.pool, &caller).await?;
-    drop_expired(&mut tx, &body.key).await.map_err(|e| rls::write_error(e, String::new, refused))?;
+    drop_expired(&mut tx, &body.key).await.map_err(|e| rls::write_error(e, String::new, writers_only))?;
     // One statement: concurrent increments serialise on the row and none is lost.
     let entry: Option<Entry> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO app.kv_entry (key, value, expires_at, created_by, updated_by) \
@@ -434,7 +420,7 @@ pub async fn increment(
             "out_of_range",
             format!("the increment of {:?} would overflow", body.key),
         ),
-        _ => rls::write_error(e, String::new, refused),
+        _ => rls::write_error(e, String::new, writers_only),
     })?;
     let entry = entry.ok_or_else(|| {
         ApiError::new(StatusCode::CONFLICT, "not_a_number", format!("the value of {:?} is not an integer", body.key))
@@ -456,14 +442,10 @@ pub async fn list(
     Authenticated(caller): Authenticated,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
-    let prefix = q.prefix.unwrap_or_default();
-    // A prefix matched with LIKE: escape its wildcards.
-    let pattern = format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+    let limit = page_limit(q.limit)?;
+    let pattern = like_prefix(q.prefix.as_deref().unwrap_or(""));
     let mut tx = begin_as(&state.pool, &caller).await?;
+    read_as_reader(&mut tx).await?;
     let rows: Vec<Entry> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM app.kv_entry WHERE {LIVE} AND key LIKE $1 \
            AND ($2::text IS NULL OR tags @> ARRAY[$2]) AND ($3::text IS NULL OR key > $3) \
@@ -476,9 +458,7 @@ pub async fn list(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let more = rows.len() as i64 > limit;
-    let page = &rows[..rows.len().min(limit as usize)];
-    let next = if more { page.last().map(|e| e.key.clone()) } else { None };
+    let (page, next) = split_page(rows, limit, |e| e.key.clone());
     Ok(Json(json!({"items": page.iter().map(entry_json).collect::<Vec<_>>(), "nextCursor": next})))
 }
 

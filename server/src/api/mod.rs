@@ -13,6 +13,7 @@ pub mod key_value;
 mod layers;
 pub mod locks;
 pub mod metrics;
+mod paging;
 mod projects;
 mod teams;
 mod users;

@@ -1,0 +1,68 @@
+//! What the data APIs share: pages of keyed lists (`?limit=&cursor=`, the cursor being the
+//! last key of the previous page), literal prefixes for `LIKE`, the size and character
+//! limits of stored JSON, and the refusal for callers that may only read.
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use super::error::{ApiError, ApiResult};
+
+/// A page size between 1 and 1000 (100 when not given).
+pub fn page_limit(limit: Option<i64>) -> ApiResult<i64> {
+    let limit = limit.unwrap_or(100);
+    if (1..=1000).contains(&limit) { Ok(limit) } else { Err(ApiError::bad_request("limit must be between 1 and 1000")) }
+}
+
+/// `prefix%` with the prefix's own `%`, `_` and `\` taken literally.
+pub fn like_prefix(prefix: &str) -> String {
+    format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
+}
+
+/// Rows fetched with `LIMIT limit + 1`: the page, and the cursor of the next one if there is more.
+pub fn split_page<T>(mut rows: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more { rows.last().map(cursor_of) } else { None };
+    (rows, next)
+}
+
+/// A JSON value to store: at most `max_bytes` of JSON text (413 above, naming the limit),
+/// and no U+0000, which PostgreSQL cannot store in jsonb.
+pub fn check_stored_json(value: &Value, max_bytes: usize, what: &str) -> ApiResult<()> {
+    let text = value.to_string();
+    if text.len() > max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the {what} is {} bytes of JSON; the limit is {max_bytes}", text.len()),
+        ));
+    }
+    if text.contains("\\u0000") {
+        return Err(ApiError::bad_request(format!("the {what} contains the character U+0000, which cannot be stored")));
+    }
+    Ok(())
+}
+
+/// What a write refused by row-level security answers: only owners and application tokens write.
+pub fn writers_only() -> String {
+    "Forbidden - Requires role: owner, application".into()
+}
+
+/// For the data stores' filtered reads (prefix, JSON filters): their read policy does not
+/// depend on the row (everyone with a role on the instance reads), yet under row-level
+/// security PostgreSQL may not use an index for an operator that is not leakproof (`LIKE`,
+/// `@>`), so a selective query over a million documents became a full scan. This makes the
+/// policy's decision once, in the database, and runs the rest of the transaction's reads as
+/// `service_role`.
+pub async fn read_as_reader(tx: &mut sqlx::PgConnection) -> ApiResult<()> {
+    let allowed: bool = sqlx::query_scalar("SELECT private.has_instance_role()").fetch_one(&mut *tx).await?;
+    if !allowed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden - Requires role: owner, member, application",
+        ));
+    }
+    sqlx::query("SELECT set_config('role', 'service_role', true)").execute(&mut *tx).await?;
+    Ok(())
+}
