@@ -199,6 +199,17 @@ impl Engine {
     }
 }
 
+/// A page request: `limit` between 1 and `max`, `offset` not negative.
+pub(crate) fn check_page(offset: i64, limit: i64, max: i64) -> Result<(), EngineError> {
+    if !(1..=max).contains(&limit) {
+        return Err(EngineError::InvalidArgument(format!("limit must be between 1 and {max}")));
+    }
+    if offset < 0 {
+        return Err(EngineError::InvalidArgument("offset must not be negative".into()));
+    }
+    Ok(())
+}
+
 /// Parses a UUID given by a client, naming the field when it is not one.
 pub(crate) fn parse_id(value: &str, field: &str) -> Result<Uuid, EngineError> {
     Uuid::parse_str(value.trim()).map_err(|_| EngineError::InvalidArgument(format!("{field} {value:?} is not a UUID")))

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, check_page};
 
 /// The largest page of events or log lines a caller may ask for.
 pub const MAX_LIMIT: i64 = 10_000;
@@ -69,7 +69,7 @@ const LEVEL: &str = "CASE upper(l.level) WHEN 'WARNING' THEN 'WARN' WHEN 'DEBUG'
 impl Engine {
     /// Events oldest first, a page at a time, with the total count.
     pub async fn task_events(&self, scope: Scope, offset: i64, limit: i64) -> Result<Vec<EventRow>, EngineError> {
-        check_page(offset, limit)?;
+        check_page(offset, limit, MAX_LIMIT)?;
         let (by_run, id) = match scope {
             Scope::Task(id) => (false, id),
             Scope::Run(id) => (true, id),
@@ -97,7 +97,7 @@ impl Engine {
 
     /// A task's log lines matching `filter`.
     pub async fn task_logs(&self, task_id: Uuid, filter: &LogFilter) -> Result<Vec<LogRow>, EngineError> {
-        check_page(0, filter.limit)?;
+        check_page(0, filter.limit, MAX_LIMIT)?;
         self.check_exists(Scope::Task(task_id)).await?;
         let order = if filter.newest_first { "DESC" } else { "ASC" };
         let sql = format!(
@@ -140,14 +140,4 @@ impl Engine {
         let found: bool = sqlx::query_scalar(sql).bind(id).bind(self.tenant_id()).fetch_one(self.pool()).await?;
         if found { Ok(()) } else { Err(EngineError::NotFound(format!("{what} {id} not found"))) }
     }
-}
-
-fn check_page(offset: i64, limit: i64) -> Result<(), EngineError> {
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(EngineError::InvalidArgument(format!("limit must be between 1 and {MAX_LIMIT}")));
-    }
-    if offset < 0 {
-        return Err(EngineError::InvalidArgument("offset must not be negative".into()));
-    }
-    Ok(())
 }

@@ -125,12 +125,7 @@ struct Counted {
 impl Engine {
     /// One page of runs (or tasks) matching `filter`, newest first.
     pub async fn list_runs(&self, filter: &ListFilter) -> Result<Page, EngineError> {
-        if !(1..=MAX_LIMIT).contains(&filter.limit) {
-            return Err(EngineError::InvalidArgument(format!("limit must be between 1 and {MAX_LIMIT}")));
-        }
-        if filter.offset < 0 {
-            return Err(EngineError::InvalidArgument("offset must not be negative".into()));
-        }
+        crate::engine::check_page(filter.offset, filter.limit, MAX_LIMIT)?;
         let rows = self.fetch_page(filter, filter.limit, filter.offset).await?;
         let total = match rows.first() {
             Some(r) => r.total,

@@ -57,9 +57,7 @@ fn schedule_json(engine: &Engine, s: &ScheduleView) -> Value {
 }
 
 fn page(rows: Vec<Value>, total: i64, offset: i64, limit: i64) -> Value {
-    let pages = ((total + limit - 1) / limit).max(1);
-    let current = offset / limit + 1;
-    json!({"rows": rows, "pagination": {"current_page": current, "num_pages": pages, "next_page": (current < pages).then_some(current + 1)}})
+    json!({"rows": rows, "pagination": super::pagination(offset, limit, total)})
 }
 
 #[derive(Deserialize)]

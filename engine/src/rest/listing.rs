@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{RestError, check_tenant};
+use super::runs::duration_ms;
+use super::{RestError, check_tenant, pagination};
 use crate::engine::{Engine, parse_id};
 use crate::history::{EventRow, LogFilter, LogRow, Scope};
 use crate::listing::{ListFilter, Summary};
@@ -125,17 +126,6 @@ pub async fn list_runs(
     })))
 }
 
-/// Hatchet's `PaginationResponse`: pages are counted from 1.
-fn pagination(offset: i64, limit: i64, total: i64) -> Value {
-    let pages = (total + limit - 1) / limit;
-    let current = offset / limit + 1;
-    json!({
-        "current_page": current,
-        "next_page": if current < pages { Some(current + 1) } else { None },
-        "num_pages": pages,
-    })
-}
-
 /// `GET /api/v1/stable/tasks/{task}`
 pub async fn get_task(State(engine): State<Engine>, Path(task): Path<String>) -> Result<Json<Value>, RestError> {
     let id = parse_id(&task, "task id")?;
@@ -165,7 +155,7 @@ fn summary_json(engine: &Engine, s: &Summary, payloads: bool) -> Value {
         "additionalMetadata": s.additional_metadata,
         "createdAt": s.created_at,
         "displayName": s.display_name,
-        "duration": s.started_at.zip(s.finished_at).map(|(a, b)| (b - a).num_milliseconds()),
+        "duration": duration_ms(s.started_at, s.finished_at),
         "errorMessage": s.error,
         "finishedAt": s.finished_at,
         "startedAt": s.started_at,

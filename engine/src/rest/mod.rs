@@ -52,6 +52,14 @@ impl From<EngineError> for RestError {
     }
 }
 
+/// Hatchet's `PaginationResponse` for a page at `offset` of `limit` rows out of `total`:
+/// pages count from 1, and an empty list is one empty page.
+pub(crate) fn pagination(offset: i64, limit: i64, total: i64) -> serde_json::Value {
+    let pages = ((total + limit - 1) / limit).max(1);
+    let current = offset / limit + 1;
+    json!({"current_page": current, "num_pages": pages, "next_page": (current < pages).then_some(current + 1)})
+}
+
 /// A JSON request body; anything unreadable is a 400 in the stable error shape (axum's own
 /// extractor answers 422 in plain text).
 pub struct Body<T>(pub T);

@@ -207,7 +207,7 @@ fn task_json(run: &RunView, t: &TaskView, tenant: uuid::Uuid) -> Value {
     })
 }
 
-fn duration_ms(
+pub(super) fn duration_ms(
     start: Option<chrono::DateTime<chrono::Utc>>,
     end: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Option<i64> {

@@ -125,20 +125,7 @@ async fn an_assignment_its_worker_never_starts_runs_again_elsewhere(pool: PgPool
     let engine = TestEngine::start_configured(pool, |c| c.start_timeout = Duration::from_secs(1)).await;
     engine.put_workflow("lost", vec![timed("lost", "60s", 0)]).await;
     // A worker that takes the assignment and never says STARTED (as if it never got it).
-    let mut dispatcher = engine.dispatcher();
-    let silent = dispatcher
-        .register(pb::WorkerRegisterRequest {
-            worker_name: "silent".into(),
-            actions: vec!["lost:t".into()],
-            slots: Some(1),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
-    let mut stream =
-        dispatcher.listen_v2(pb::WorkerListenRequest { worker_id: silent.clone() }).await.unwrap().into_inner();
+    let (_silent, _dispatcher, mut stream) = register_listening(&engine, "silent", &["lost:t"], 1).await;
     let run = engine.trigger("lost", json!({}), None).await;
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.action_type, pb::ActionType::StartStepRun as i32);

@@ -184,6 +184,30 @@ impl Drop for TestWorker {
     }
 }
 
+/// Registers a worker and opens its ListenV2 stream, answering nothing by itself: the worker
+/// id, the dispatcher it used and its stream of assignments.
+pub async fn register_listening(
+    engine: &TestEngine,
+    name: &str,
+    actions: &[&str],
+    slots: i32,
+) -> (String, Dispatcher, tonic::Streaming<pb::AssignedAction>) {
+    let mut dispatcher = engine.dispatcher();
+    let id = dispatcher
+        .register(pb::WorkerRegisterRequest {
+            worker_name: name.into(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+            slots: Some(slots),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let stream = dispatcher.listen_v2(pb::WorkerListenRequest { worker_id: id.clone() }).await.unwrap().into_inner();
+    (id, dispatcher, stream)
+}
+
 impl TestWorker {
     pub async fn start(
         engine: &TestEngine,
@@ -191,20 +215,7 @@ impl TestWorker {
         slots: i32,
         handler: impl Fn(&pb::AssignedAction) -> Reply + Send + Sync + 'static,
     ) -> TestWorker {
-        let mut dispatcher = engine.dispatcher();
-        let id = dispatcher
-            .register(pb::WorkerRegisterRequest {
-                worker_name: "test-worker".into(),
-                actions: actions.iter().map(|a| a.to_string()).collect(),
-                slots: Some(slots),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .worker_id;
-        let mut stream =
-            dispatcher.listen_v2(pb::WorkerListenRequest { worker_id: id.clone() }).await.unwrap().into_inner();
+        let (id, mut dispatcher, mut stream) = register_listening(engine, "test-worker", actions, slots).await;
         let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let worker_id = id.clone();

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
-use super::paging::{check_stored_json, like_prefix, page_limit, read_as_reader, split_page, writers_only};
+use super::paging::{
+    check_stored_json, is_plain_name, like_prefix, page_limit, read_as_reader, split_page, writers_only,
+};
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
 use crate::state::AppState;
@@ -58,13 +60,8 @@ fn with_etag(status: StatusCode, body: Value, version: i64) -> Response {
     response
 }
 
-fn segment_ok(s: &str) -> bool {
-    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-}
-
 fn check_key(key: &str) -> ApiResult<()> {
-    let valid = !key.is_empty() && key.len() <= MAX_KEY && key.split('/').all(segment_ok);
+    let valid = !key.is_empty() && key.len() <= MAX_KEY && key.split('/').all(|s| is_plain_name(s, MAX_KEY));
     if !valid {
         return Err(ApiError::bad_request(format!(
             "key {key:?} is not valid: up to {MAX_KEY} characters of path segments separated by /, each of letters, \
@@ -75,7 +72,7 @@ fn check_key(key: &str) -> ApiResult<()> {
 }
 
 fn check_collection(name: &str) -> ApiResult<()> {
-    if name.len() <= 128 && segment_ok(name) {
+    if is_plain_name(name, 128) {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(

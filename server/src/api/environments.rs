@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
 use super::locks::{self, Ticket, ticket_json};
-use super::paging::writers_only;
+use super::paging::{is_plain_name, writers_only};
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
 use crate::state::AppState;
@@ -87,11 +87,7 @@ fn check_category(category: &str) -> ApiResult<()> {
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 100
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if valid {
+    if is_plain_name(name, 100) {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!("name {name:?} is not valid: up to 100 letters, digits and . _ -")))

@@ -43,6 +43,14 @@ pub fn check_stored_json(value: &Value, max_bytes: usize, what: &str) -> ApiResu
     Ok(())
 }
 
+/// A plain name: letters, digits and `. _ -`, starting with a letter or digit (a document
+/// key's segment, a collection, an environment), at most `max` characters.
+pub fn is_plain_name(s: &str, max: usize) -> bool {
+    s.len() <= max
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 /// What a write refused by row-level security answers: only owners and application tokens write.
 pub fn writers_only() -> String {
     "Forbidden - Requires role: owner, application".into()
