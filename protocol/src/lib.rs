@@ -6,8 +6,11 @@
 //!   `/WorkflowService` and `/v1.AdminService`.
 //! * [`token`]: tenant tokens (JWT) the engine mints and validates and clients read their
 //!   addresses from.
+//! * [`client`]: a token-configured connection to an engine, as workers and the control
+//!   plane use it.
 //! * [`duration`]: Hatchet's duration strings (`"60s"`, `"5m"`, `"1h30m"`).
 
+pub mod client;
 pub mod duration;
 pub mod token;
 

@@ -1,0 +1,385 @@
+//! Runs one step: a private folder, the source, the org logins, the sfp commands with a hard
+//! deadline, the results. The folder goes whatever happens.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sfp_workflows::plan::DEVHUB_ALIAS;
+use sfp_workflows::{Artifact, OrgLogin, Progress, SourcePolicy, StepInput, StepOutput, StepPlan, TaskData};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::process::{self, Exit, Spec, Stream};
+use crate::progress::{self, Tracker};
+use crate::workdir::StepDir;
+
+/// Where the sfp CLI is and what its processes may see.
+#[derive(Debug, Clone)]
+pub struct Toolbox {
+    /// The `sfp` executable (a node script).
+    pub sfp: PathBuf,
+    pub git: PathBuf,
+    /// `PATH` of the step's processes: node's folder and the system's.
+    pub path: String,
+    pub work_root: PathBuf,
+    pub sources: SourcePolicy,
+}
+
+/// What a running step tells the outside world.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    Log { level: &'static str, message: String },
+    Progress(Progress),
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepEnd {
+    Completed(StepOutput),
+    /// `retryable`: whether trying again could help (a bad input never does).
+    Failed {
+        message: String,
+        retryable: bool,
+    },
+    Cancelled,
+}
+
+const TAIL: usize = 40;
+const MAX_JSON_FILE: u64 = 4 * 1024 * 1024;
+/// The username of the local stand-in DevHub (see [`OrgLogin::LocalDevHub`]).
+const LOCAL_DEVHUB_USER: &str = "local-devhub@sfp-server.invalid";
+
+fn failed(message: impl Into<String>, retryable: bool) -> StepEnd {
+    StepEnd::Failed { message: message.into(), retryable }
+}
+
+pub async fn execute(
+    tools: &Toolbox,
+    input: &StepInput,
+    task_run: Uuid,
+    cancel: &CancellationToken,
+    reports: &mpsc::UnboundedSender<Report>,
+) -> StepEnd {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(input.timeout_seconds.max(1));
+    let data = match TaskData::parse(input.task_type, &input.data, tools.sources) {
+        Ok(d) => d,
+        Err(e) => return failed(format!("invalid task data: {e}"), false),
+    };
+    let plan = StepPlan::for_task(&data);
+    let dir = match StepDir::create(&tools.work_root, task_run) {
+        Ok(d) => d,
+        Err(e) => return failed(format!("could not create the step's folder: {e}"), true),
+    };
+    let mut run = Run { tools, dir: &dir, deadline, cancel, reports, tail: VecDeque::new(), stdout: Vec::new() };
+    let end = run.steps(&plan, input, started).await;
+    drop(run);
+    drop(dir); // the folder, the clone and every login in it go now
+    end
+}
+
+struct Run<'a> {
+    tools: &'a Toolbox,
+    dir: &'a StepDir,
+    deadline: tokio::time::Instant,
+    cancel: &'a CancellationToken,
+    reports: &'a mpsc::UnboundedSender<Report>,
+    tail: VecDeque<String>,
+    stdout: Vec<String>,
+}
+
+impl Run<'_> {
+    fn progress(&self, percent: u8, message: impl Into<String>) {
+        let _ = self.reports.send(Report::Progress(Progress::new(percent, message)));
+    }
+
+    fn log(&self, level: &'static str, message: impl Into<String>) {
+        let _ = self.reports.send(Report::Log { level, message: message.into() });
+    }
+
+    fn env(&self, plan: &StepPlan) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let mut set = |k: &str, v: &str| {
+            env.insert(k.to_string(), v.to_string());
+        };
+        set("PATH", &self.tools.path);
+        set("HOME", &self.dir.home().to_string_lossy());
+        set("TMPDIR", &self.dir.tmp().to_string_lossy());
+        set("LANG", "C.UTF-8");
+        set("CI", "true");
+        set("NO_COLOR", "1");
+        set("FORCE_COLOR", "0");
+        for prefix in ["SF", "SFDX"] {
+            set(&format!("{prefix}_DISABLE_TELEMETRY"), "true");
+            set(&format!("{prefix}_USE_GENERIC_UNIX_KEYCHAIN"), "true");
+            set(&format!("{prefix}_AUTOUPDATE_DISABLE"), "true");
+            set(&format!("{prefix}_SKIP_NEW_VERSION_CHECK"), "true");
+        }
+        set("GIT_TERMINAL_PROMPT", "0");
+        set("GIT_CONFIG_NOSYSTEM", "1");
+        let protocols = if self.tools.sources.allow_local { "https:http:ssh:git:file" } else { "https:http:ssh:git" };
+        set("GIT_ALLOW_PROTOCOL", protocols);
+        for who in ["AUTHOR", "COMMITTER"] {
+            set(&format!("GIT_{who}_NAME"), "sfp-server worker");
+            set(&format!("GIT_{who}_EMAIL"), "worker@sfp-server.invalid");
+        }
+        if plan.logins.contains(&OrgLogin::LocalDevHub) {
+            // The stand-in DevHub must never be contacted: no API version lookup, no DNS check.
+            set("SF_ORG_API_VERSION", "60.0");
+            set("SFDX_DISABLE_DNS_CHECK", "true");
+        }
+        env
+    }
+
+    async fn steps(&mut self, plan: &StepPlan, input: &StepInput, started: Instant) -> StepEnd {
+        self.progress(5, "preparing");
+        let env = self.env(plan);
+        let work = self.dir.work();
+        if let Some((repo, branch)) = &plan.source {
+            self.progress(8, format!("cloning {repo} ({branch})"));
+            let args = vec![
+                "clone".into(),
+                "--quiet".into(),
+                "--branch".into(),
+                branch.clone(),
+                "--".into(),
+                repo.clone(),
+                work.to_string_lossy().into_owned(),
+            ];
+            let spec =
+                Spec { program: self.tools.git.clone(), args, cwd: self.dir.root().to_path_buf(), env: env.clone() };
+            match self.command(&spec, None).await {
+                Ok(Exit::Code(0)) => {}
+                Ok(Exit::Cancelled) => return StepEnd::Cancelled,
+                Ok(Exit::TimedOut) => return self.timed_out(input, "cloning the repository"),
+                Ok(other) => {
+                    return failed(
+                        format!("git clone of {repo} ({branch}) failed ({}): {}", describe(&other), self.last_lines(3)),
+                        true,
+                    );
+                }
+                Err(e) => return failed(format!("could not run git: {e}"), true),
+            }
+        } else if let Err(e) = std::fs::create_dir(&work) {
+            return failed(format!("could not create the working tree: {e}"), true);
+        }
+        if let Err(end) = self.logins(plan) {
+            return *end;
+        }
+        if let Some(registry) = &plan.registry {
+            let scope = registry.scope.trim_start_matches('@');
+            let npmrc = format!("registry={}\n@{scope}:registry={}\n", registry.url, registry.url);
+            if let Err(e) = write_private(&self.dir.root().join("npmrc"), npmrc.as_bytes()) {
+                return failed(format!("could not write the registry settings: {e}"), true);
+            }
+        }
+        let packages = std::fs::read(work.join("sfdx-project.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map_or(0, |p| progress::package_count(&p));
+        let mut tracker = Tracker::new(plan.commands.len(), packages);
+        self.progress(progress::PREPARED, "source ready");
+        for (i, args) in plan.commands.iter().enumerate() {
+            tracker.start_command(i);
+            let verb = args.iter().take_while(|a| !a.starts_with('-')).take(2).cloned().collect::<Vec<_>>().join(" ");
+            let verb = if verb.is_empty() { args.first().cloned().unwrap_or_default() } else { verb };
+            self.progress(tracker.percent(), format!("sfp {verb}"));
+            self.stdout.clear();
+            let spec =
+                Spec { program: self.tools.sfp.clone(), args: args.clone(), cwd: work.clone(), env: env.clone() };
+            match self.command(&spec, Some(&mut tracker)).await {
+                Ok(Exit::Code(0)) => {}
+                Ok(Exit::Cancelled) => return StepEnd::Cancelled,
+                Ok(Exit::TimedOut) => return self.timed_out(input, &format!("sfp {verb}")),
+                Ok(other) => {
+                    return failed(format!("sfp {verb} failed ({}): {}", describe(&other), self.last_lines(5)), true);
+                }
+                Err(e) => return failed(format!("could not run sfp ({}): {e}", self.tools.sfp.display()), true),
+            }
+        }
+        self.progress(96, "collecting results");
+        let artifacts = match &plan.artifacts_from {
+            Some(d) => match collect_artifacts(&work.join(d)) {
+                Ok(a) => a,
+                Err(e) => return failed(format!("could not read the artifacts: {e}"), true),
+            },
+            None => Vec::new(),
+        };
+        let mut files = serde_json::Map::new();
+        for name in &plan.files {
+            if let Some(v) = read_json(&work.join(name)) {
+                files.insert(name.clone(), v);
+            }
+        }
+        let json = if plan.json_output { serde_json::from_str(&self.stdout.join("\n")).ok() } else { None };
+        let output = StepOutput {
+            commands: plan.commands.clone(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            artifacts,
+            files,
+            json,
+            output_tail: self.tail.iter().cloned().collect(),
+        };
+        self.progress(100, "done");
+        StepEnd::Completed(output)
+    }
+
+    fn timed_out(&self, input: &StepInput, during: &str) -> StepEnd {
+        failed(
+            format!("the step exceeded its timeout of {} s while {during}; it was killed", input.timeout_seconds),
+            true,
+        )
+    }
+
+    fn logins(&self, plan: &StepPlan) -> Result<(), Box<StepEnd>> {
+        for login in &plan.logins {
+            match login {
+                OrgLogin::LocalDevHub => {
+                    write_local_devhub(&self.dir.home())
+                        .map_err(|e| failed(format!("could not prepare sfp: {e}"), true))?;
+                }
+                OrgLogin::Registered { org, .. } => {
+                    return Err(Box::new(failed(
+                        format!(
+                            "org {org:?} needs credentials delivered to the worker, which this server cannot do yet \
+                             (register orgs once credentials are supported)"
+                        ),
+                        false,
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a process to its end, feeding its lines to the logs, the tail and the tracker.
+    async fn command(&mut self, spec: &Spec, mut tracker: Option<&mut Tracker>) -> std::io::Result<Exit> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let name = spec.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let reports = self.reports.clone();
+        let started = move |pid: u32| {
+            let _ = reports.send(Report::Log { level: "INFO", message: format!("started {name} (pid {pid})") });
+        };
+        let running = process::run(spec, self.deadline, self.cancel, tx, started);
+        tokio::pin!(running);
+        let mut exit = None;
+        loop {
+            tokio::select! {
+                result = &mut running, if exit.is_none() => exit = Some(result),
+                line = rx.recv() => match line {
+                    Some((stream, line)) => {
+                        if stream == Stream::Stdout {
+                            self.stdout.push(line.clone());
+                        }
+                        if let Some(t) = tracker.as_deref_mut()
+                            && t.line(&line)
+                        {
+                            self.progress(t.percent(), line.trim().to_string());
+                        }
+                        if !line.trim().is_empty() {
+                            if self.tail.len() == TAIL {
+                                self.tail.pop_front();
+                            }
+                            self.tail.push_back(line.clone());
+                        }
+                        self.log(if stream == Stream::Stderr { "WARN" } else { "INFO" }, line);
+                    }
+                    None => break,
+                },
+            }
+        }
+        match exit {
+            Some(result) => result,
+            None => running.await,
+        }
+    }
+
+    fn last_lines(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.tail.iter().rev().take(n).map(|s| s.trim()).collect();
+        let text = lines.into_iter().rev().collect::<Vec<_>>().join(" | ");
+        if text.is_empty() { "no output".into() } else { text.chars().take(2000).collect() }
+    }
+}
+
+fn describe(exit: &Exit) -> String {
+    match exit {
+        Exit::Code(c) => format!("exit code {c}"),
+        Exit::Signal(s) => format!("killed by signal {s}"),
+        Exit::TimedOut => "timed out".into(),
+        Exit::Cancelled => "cancelled".into(),
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(contents)
+}
+
+/// The token-less stand-in DevHub, in the sfdx state files sfp reads.
+fn write_local_devhub(home: &Path) -> std::io::Result<()> {
+    let state = home.join(".sfdx");
+    std::fs::create_dir_all(&state)?;
+    let auth = serde_json::json!({
+        "username": LOCAL_DEVHUB_USER,
+        "instanceUrl": "https://local-devhub.sfp-server.invalid",
+        "loginUrl": "https://local-devhub.sfp-server.invalid",
+        "orgId": "00D000000000000AAA",
+        "isDevHub": true,
+    });
+    write_private(&state.join(format!("{LOCAL_DEVHUB_USER}.json")), auth.to_string().as_bytes())?;
+    let aliases = serde_json::json!({ "orgs": { DEVHUB_ALIAS: LOCAL_DEVHUB_USER } });
+    write_private(&state.join("alias.json"), aliases.to_string().as_bytes())
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    let meta = path.metadata().ok()?;
+    if meta.len() > MAX_JSON_FILE {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// `<name>_sfpowerscripts_artifact_<version>.zip` files, sorted by name.
+pub fn collect_artifacts(dir: &Path) -> std::io::Result<Vec<Artifact>> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let mut artifacts = Vec::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = file.strip_suffix(".zip") else { continue };
+        let Some((name, version)) = stem.rsplit_once("_sfpowerscripts_artifact_") else { continue };
+        let bytes = std::fs::read(entry.path())?;
+        artifacts.push(Artifact {
+            name: name.to_string(),
+            version: version.to_string(),
+            file: file.clone(),
+            size_bytes: bytes.len() as u64,
+            sha256: Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect(),
+        });
+    }
+    artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(artifacts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifacts_are_read_from_their_file_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("seed-data_sfpowerscripts_artifact_1.0.0-7.zip"), b"zz").unwrap();
+        std::fs::write(dir.path().join("core_sfpowerscripts_artifact_1.0.0-7.zip"), b"z").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"-").unwrap();
+        let a = collect_artifacts(dir.path()).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[0].name.as_str(), a[0].version.as_str(), a[0].size_bytes), ("core", "1.0.0-7", 1));
+        assert_eq!(a[1].sha256.len(), 64);
+        assert!(collect_artifacts(&dir.path().join("missing")).unwrap().is_empty());
+    }
+}
