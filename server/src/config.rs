@@ -25,6 +25,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub engine: EngineConfig,
     pub auth: AuthConfig,
+    pub workers: WorkersConfig,
+    pub tasks: TasksConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -38,6 +40,8 @@ impl std::fmt::Debug for Config {
             .field("admin", &self.admin)
             .field("engine", &self.engine)
             .field("auth", &self.auth)
+            .field("workers", &self.workers)
+            .field("tasks", &self.tasks)
             .finish()
     }
 }
@@ -80,7 +84,7 @@ pub struct LogConfig {
     pub stderr: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EngineConfig {
     /// Run the embedded workflow engine in `sfp-server start`.
@@ -89,12 +93,83 @@ pub struct EngineConfig {
     pub grpc_port: Option<u16>,
     /// REST port of the embedded engine; unset keeps the one chosen at first start.
     pub api_port: Option<u16>,
+    /// Seconds without a heartbeat before the embedded engine gives a worker's steps to
+    /// another worker (at least 5: workers heartbeat every 4 s).
+    pub heartbeat_timeout_secs: u64,
+    /// A Hatchet tenant token of an external engine (a Hatchet cluster); with `embedded =
+    /// false` tasks are dispatched there.
+    pub token: Option<String>,
+    /// `none` (plaintext) or `tls` for the external engine.
+    pub tls: String,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("embedded", &self.embedded)
+            .field("grpc_port", &self.grpc_port)
+            .field("api_port", &self.api_port)
+            .field("heartbeat_timeout_secs", &self.heartbeat_timeout_secs)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { embedded: true, grpc_port: None, api_port: None }
+        EngineConfig {
+            embedded: true,
+            grpc_port: None,
+            api_port: None,
+            heartbeat_timeout_secs: 30,
+            token: None,
+            tls: "tls".into(),
+        }
     }
+}
+
+/// The workers `sfp-server start` runs in its own process (one per pool by default).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkersConfig {
+    /// Standard-pool workers (short steps); 0 for none.
+    pub standard: u32,
+    /// Long-running-pool workers; 0 for none.
+    pub long_running: u32,
+    /// Steps a standard worker runs at once.
+    pub standard_slots: u32,
+    /// Steps a long-running worker runs at once.
+    pub long_running_slots: u32,
+    /// The sfp CLI; `sfp` on PATH (scripts/setup installs it) when unset.
+    pub sfp_bin: Option<PathBuf>,
+    /// Where steps get their private folders; `<data dir>/work` when unset.
+    pub work_dir: Option<PathBuf>,
+    /// Seconds running steps get to finish when the server stops.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            standard: 1,
+            long_running: 1,
+            standard_slots: 4,
+            long_running_slots: 2,
+            sfp_bin: None,
+            work_dir: None,
+            drain_timeout_secs: 60,
+        }
+    }
+}
+
+/// Task submission.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TasksConfig {
+    /// Accept `file://` repositories (single-machine use, tests): they let a task read any
+    /// git repository on the workers' machine.
+    pub allow_local_repositories: bool,
 }
 
 /// Sign-in and tokens.
@@ -159,6 +234,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             engine: EngineConfig::default(),
             auth: AuthConfig::default(),
+            workers: WorkersConfig::default(),
+            tasks: TasksConfig::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod health;
 pub mod stack;
 pub mod state;
+pub mod tasks;
 pub mod telemetry;
 
 pub use state::AppState;

@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use crate::api::metrics::Metrics;
 use crate::auth::AuthState;
 use crate::health::HealthChecks;
+use crate::tasks::Tasks;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,6 +15,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub health: HealthChecks,
     pub auth: Arc<AuthState>,
+    pub tasks: Tasks,
 }
 
 impl axum::extract::FromRef<AppState> for Metrics {

@@ -259,7 +259,11 @@ impl Run<'_> {
     /// Runs a process to its end, feeding its lines to the logs, the tail and the tracker.
     async fn command(&mut self, spec: &Spec, mut tracker: Option<&mut Tracker>) -> std::io::Result<Exit> {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let name = spec.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = if spec.program == self.tools.sfp {
+            "sfp".to_string()
+        } else {
+            spec.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        };
         let reports = self.reports.clone();
         let started = move |pid: u32| {
             let _ = reports.send(Report::Log { level: "INFO", message: format!("started {name} (pid {pid})") });

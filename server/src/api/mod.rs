@@ -15,6 +15,7 @@ pub mod locks;
 pub mod metrics;
 mod paging;
 mod projects;
+mod tasks;
 mod teams;
 mod users;
 
@@ -68,6 +69,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(environments::get, environments::delete))
         .routes(routes!(environments::lock))
         .routes(routes!(environments::unlock))
+        .routes(routes!(tasks::list, tasks::submit))
+        .routes(routes!(tasks::status))
+        .routes(routes!(tasks::result))
+        .routes(routes!(tasks::logs))
+        .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::stop_recurring))
+        .routes(routes!(tasks::recurring_instances))
 }
 
 /// Lock paths hold a repository that may contain `/`.

@@ -101,6 +101,16 @@ pub const RULES: &[Rule] = &[
     rule("DELETE", "/environments/{id}", Access::Roles(OWNER_OR_APP)),
     rule("POST", "/environments/{id}/lock", Access::Roles(ANYONE)),
     rule("DELETE", "/environments/{id}/lock/{ticket}", Access::Roles(ANYONE)),
+    // Tasks: everyone with a role submits and follows them; a task's creator or an owner
+    // cancels it (row-level security decides).
+    rule("GET", "/tasks", Access::Roles(ANYONE)),
+    rule("POST", "/tasks", Access::Roles(ANYONE)),
+    rule("GET", "/tasks/{id}/status", Access::Roles(ANYONE)),
+    rule("GET", "/tasks/{id}/result", Access::Roles(ANYONE)),
+    rule("GET", "/tasks/{id}/logs", Access::Roles(ANYONE)),
+    rule("DELETE", "/tasks/{id}", Access::Roles(ANYONE)),
+    rule("POST", "/tasks/{id}/stop-recurring", Access::Roles(ANYONE)),
+    rule("GET", "/tasks/{id}/recurring-instances", Access::Roles(ANYONE)),
 ];
 
 /// Routes whose calls are not worth an audit row (liveness probes). `/sfp/apidocs-json` is

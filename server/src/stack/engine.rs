@@ -29,6 +29,8 @@ struct Ports {
 pub struct RunningEngine {
     pub grpc_address: String,
     pub api_url: String,
+    /// The tenant token the control plane and the embedded workers use.
+    pub token: String,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -50,13 +52,15 @@ pub async fn start(
     let grpc_address = format!("127.0.0.1:{}", ports.grpc);
     let api_url = format!("http://127.0.0.1:{}", ports.api);
     let key = TokenKey::new(&identity.secret);
-    let engine_config = EngineConfig::new(identity.tenant_id, key.clone(), grpc_address.clone(), api_url.clone());
+    let mut engine_config = EngineConfig::new(identity.tenant_id, key.clone(), grpc_address.clone(), api_url.clone());
+    engine_config.heartbeat_timeout = Duration::from_secs(config.engine.heartbeat_timeout_secs.max(5));
     let token = key.mint(identity.tenant_id, &api_url, &grpc_address, Duration::from_secs(365 * 86_400))?;
     sfp_postgres::write_private(&data.path(TOKEN_FILE), token.as_bytes())?;
+    let token = token.to_string();
 
     let engine = Engine::new(pool.clone(), engine_config);
     let task = tokio::spawn(sfp_engine::serve(engine, grpc, api, shutdown));
-    Ok(RunningEngine { grpc_address, api_url, task })
+    Ok(RunningEngine { grpc_address, api_url, token, task })
 }
 
 /// The configured port, else the one used last time if it is still free, else a free one.

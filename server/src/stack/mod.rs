@@ -4,6 +4,7 @@ mod data_dir;
 mod database;
 mod engine;
 mod status;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,9 @@ use crate::auth::audit::AuditLog;
 use crate::config::Config;
 use crate::health::{DatabaseCheck, HealthChecks};
 use crate::state::AppState;
+use crate::tasks::{EngineLink, Tasks};
 use data_dir::API_KEYS_FILE;
+use sfp_protocol::client::{ClientConfig, HatchetClient, TlsStrategy};
 
 fn say(line: String) {
     println!("{line}");
@@ -59,7 +62,7 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
             grpc_address: running.grpc_address.clone(),
             client: reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?,
         }));
-        Some(running.task)
+        Some(running)
     } else {
         None
     };
@@ -71,7 +74,41 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     crate::auth::bootstrap_admin(&db.pool, &admin.email, &admin.password)
         .await
         .context("creating the administrator")?;
-    let state = AppState { pool: db.pool.clone(), metrics: Metrics::new(), health, auth };
+    let sources = sfp_workflows::SourcePolicy { allow_local: config.tasks.allow_local_repositories };
+    let engine_token = engine_task
+        .as_ref()
+        .map(|e| (e.token.clone(), TlsStrategy::None))
+        .or_else(|| config.engine.token.clone().map(|t| (t, config.engine.tls.parse().unwrap_or(TlsStrategy::Tls))));
+    let link = match &engine_token {
+        Some((token, tls)) => {
+            let client = HatchetClient::new(&ClientConfig {
+                token: token.clone(),
+                grpc_address: None,
+                server_url: None,
+                tls: *tls,
+            })
+            .context("the engine token")?;
+            Some(EngineLink::new(client))
+        }
+        None => None,
+    };
+    let tasks = Tasks::new(db.pool.clone(), link, sources);
+    let tasks_stop = CancellationToken::new();
+    let tasks_loop = tokio::spawn(tasks.clone().run(tasks_stop.clone()));
+    let workers = match engine_task.as_ref().map(|e| e.token.as_str()).or(config.engine.token.as_deref()) {
+        Some(token) => {
+            let w = workers::start(&config, &data, token)?;
+            if !w.tasks.is_empty() {
+                say(format!(
+                    "workers: {} standard, {} long-running (sfp CLI steps)",
+                    config.workers.standard, config.workers.long_running
+                ));
+            }
+            Some(w)
+        }
+        None => None,
+    };
+    let state = AppState { pool: db.pool.clone(), metrics: Metrics::new(), health, auth, tasks };
 
     let addr = SocketAddr::new(config.api.host, config.api.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the API to {addr}"))?;
@@ -112,9 +149,18 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
             }
         },
     };
+    if let Some(w) = workers {
+        // Running steps finish (or are handed back) before the engine goes.
+        w.stop.cancel();
+        for t in w.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(config.workers.drain_timeout_secs + 10), t).await;
+        }
+    }
+    tasks_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks_loop).await;
     audit_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), audit_task).await;
-    if let Some(task) = engine_task {
+    if let Some(task) = engine_task.map(|e| e.task) {
         match tokio::time::timeout(Duration::from_secs(30), task).await {
             Ok(Ok(Err(e))) => eprintln!("engine: stopped with an error: {e:#}"),
             Ok(_) => say("engine: stopped".into()),

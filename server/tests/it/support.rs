@@ -48,7 +48,8 @@ impl TestApi {
         let (audit, _) = AuditLog::start(pool.clone(), shutdown.clone());
         let auth = Arc::new(AuthState::new(JWT_SECRET.as_bytes(), auth, audit));
         sfp_server::auth::bootstrap_admin(&pool, ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
-        let state = AppState { pool: pool.clone(), metrics: Metrics::new(), health, auth };
+        let tasks = sfp_server::tasks::Tasks::new(pool.clone(), None, sfp_workflows::SourcePolicy::default());
+        let state = AppState { pool: pool.clone(), metrics: Metrics::new(), health, auth, tasks };
         tokio::spawn(api::run(config, listener, state, shutdown.clone()));
         TestApi { url, client: reqwest::Client::new(), pool, shutdown }
     }
