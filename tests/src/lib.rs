@@ -4,6 +4,7 @@
 pub mod engine;
 mod process;
 pub mod sdk;
+pub mod tasks;
 
 pub use process::{RunningStack, StackOutput, process_alive, processes_mentioning};
 

@@ -96,16 +96,23 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     let tasks_stop = CancellationToken::new();
     let tasks_loop = tokio::spawn(tasks.clone().run(tasks_stop.clone()));
     let workers = match engine_task.as_ref().map(|e| e.token.as_str()).or(config.engine.token.as_deref()) {
-        Some(token) => {
-            let w = workers::start(&config, &data, token)?;
-            if !w.tasks.is_empty() {
-                say(format!(
-                    "workers: {} standard, {} long-running (sfp CLI steps)",
-                    config.workers.standard, config.workers.long_running
-                ));
+        Some(token) => match workers::start(&config, &data, token) {
+            Ok(w) => {
+                if !w.tasks.is_empty() {
+                    say(format!(
+                        "workers: {} standard, {} long-running (sfp CLI steps)",
+                        config.workers.standard, config.workers.long_running
+                    ));
+                }
+                Some(w)
             }
-            Some(w)
-        }
+            Err(e) => {
+                // The API and engine are still useful (and external workers can connect).
+                say(format!("workers: not started: {e:#}"));
+                tracing::warn!(error = %format!("{e:#}"), "the embedded workers were not started");
+                None
+            }
+        },
         None => None,
     };
     let state = AppState { pool: db.pool.clone(), metrics: Metrics::new(), health, auth, tasks };
