@@ -202,6 +202,17 @@ async fn tasks_run_the_sfp_cli_on_the_embedded_workers() {
 
     let listed = api.get("/tasks?status=completed&limit=100").await.1;
     assert_eq!(listed["tasks"].as_array().unwrap().len(), 6, "{listed}");
+
+    // Operators see the tasks on /metrics.
+    let metrics = reqwest::get(format!("{}/metrics", stack.url)).await.unwrap().text().await.unwrap();
+    for needle in [
+        "sfp_tasks{type=\"build\",status=\"completed\"} 5",
+        "sfp_tasks{type=\"build\",status=\"cancelled\"} 1",
+        "sfp_tasks_queued{priority=\"critical\"} 0",
+        "sfp_task_duration_seconds_count{type=\"build\",outcome=\"completed\"} 5",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in:\n{metrics}");
+    }
     drop(stack);
 }
 

@@ -94,8 +94,11 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
 }
 
 /// `GET /metrics`
-pub async fn scrape(State(metrics): State<Metrics>) -> Response {
-    match metrics.render() {
+pub async fn scrape(State(state): State<crate::state::AppState>) -> Response {
+    if let Err(e) = state.tasks.metrics.refresh(&state.pool).await {
+        tracing::warn!(error = %e, "could not read the task gauges");
+    }
+    match state.metrics.render() {
         Ok(text) => {
             let mut response = Body::from(text).into_response();
             response.headers_mut().insert(

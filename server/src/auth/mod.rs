@@ -133,12 +133,11 @@ impl AuthState {
             return Err(TokenError::Invalid(format!("a {:?} token is not a user's token", claims.role)).into());
         }
         let user_id = claims.user_id().ok_or_else(|| TokenError::Invalid("sub is not a user id".into()))?;
-        if let Some(session) = claims.session()
-            && !sessions::session_is_active(pool, session, user_id).await?
-        {
+        let (user, session_active) =
+            sessions::user_in_session(pool, user_id, claims.session()).await?.ok_or(AuthError::UnknownUser)?;
+        if !session_active {
             return Err(AuthError::SessionEnded);
         }
-        let user = sessions::user_by_id(pool, user_id).await?.ok_or(AuthError::UnknownUser)?;
         if user.is_banned() {
             return Err(AuthError::Banned);
         }

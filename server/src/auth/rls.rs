@@ -13,7 +13,6 @@ use super::{Caller, CallerKind};
 use crate::api::error::ApiError;
 
 pub async fn begin_as(pool: &PgPool, caller: &Caller) -> sqlx::Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await?;
     let claims = json!({
         "sub": caller.user_id,
         "role": "authenticated",
@@ -23,11 +22,23 @@ pub async fn begin_as(pool: &PgPool, caller: &Caller) -> sqlx::Result<Transactio
         "session_id": caller.session_id,
         "is_application": caller.kind == CallerKind::Application,
     });
-    sqlx::query("SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true)")
-        .bind(claims.to_string())
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    // BEGIN and the settings travel in one round trip (a simple-query batch, which takes no
+    // parameters), with the claims as a dollar-quoted literal: no escaping exists inside one,
+    // so only the quote tag itself must not occur in the text (else: two round trips).
+    let text = claims.to_string();
+    const TAG: &str = "$sfp_claims$";
+    if text.contains(TAG) {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true)")
+            .bind(text)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(tx);
+    }
+    let statement = format!(
+        "BEGIN; SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', {TAG}{text}{TAG}, true)"
+    );
+    pool.begin_with(sqlx::AssertSqlSafe(statement)).await
 }
 
 /// Whether a database error is a row-level security refusal (insufficient privilege).

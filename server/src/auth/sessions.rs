@@ -90,6 +90,26 @@ pub async fn user_by_id(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<User>> {
     .await
 }
 
+#[derive(sqlx::FromRow)]
+struct UserInSession {
+    #[sqlx(flatten)]
+    user: User,
+    session_active: bool,
+}
+
+/// A user and whether one of their sessions is active, in one round trip (every request
+/// signed in with a JWT asks both).
+pub async fn user_in_session(pool: &PgPool, id: Uuid, session: Option<Uuid>) -> sqlx::Result<Option<(User, bool)>> {
+    let row: Option<UserInSession> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS}, ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM auth.sessions s WHERE s.id = $2            AND s.user_id = u.id AND (s.not_after IS NULL OR s.not_after > now()))) AS session_active          FROM auth.users u LEFT JOIN app.user_role r ON r.user_id = u.id WHERE u.id = $1 AND u.deleted_at IS NULL"
+    )))
+    .bind(id)
+    .bind(session)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (r.user, r.session_active)))
+}
+
 /// Creates a user with a password (confirmed, since an owner or the instance creates it)
 /// and its control plane role. Returns None when the e-mail address is taken.
 pub async fn create_user(pool: &PgPool, email: &str, password_hash: &str, role: Role) -> sqlx::Result<Option<Uuid>> {

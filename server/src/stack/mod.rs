@@ -115,7 +115,9 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
         },
         None => None,
     };
-    let state = AppState { pool: db.pool.clone(), metrics: Metrics::new(), health, auth, tasks };
+    let metrics = Metrics::new();
+    metrics.with_registry(|r| tasks.metrics.register(r));
+    let state = AppState { pool: db.pool.clone(), metrics, health, auth, tasks };
 
     let addr = SocketAddr::new(config.api.host, config.api.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the API to {addr}"))?;

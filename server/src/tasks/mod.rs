@@ -5,6 +5,7 @@
 //! events while they run.
 
 pub mod link;
+pub mod metrics;
 mod reconcile;
 pub mod record;
 
@@ -28,12 +29,13 @@ pub struct Tasks {
     pub pool: PgPool,
     pub link: Option<EngineLink>,
     pub sources: SourcePolicy,
+    pub metrics: metrics::TaskMetrics,
     wake: Arc<Notify>,
 }
 
 impl Tasks {
     pub fn new(pool: PgPool, link: Option<EngineLink>, sources: SourcePolicy) -> Self {
-        Self { pool, link, sources, wake: Arc::new(Notify::new()) }
+        Self { pool, link, sources, metrics: metrics::TaskMetrics::default(), wake: Arc::new(Notify::new()) }
     }
 
     /// Has the background loop look at the tasks now.

@@ -21,6 +21,9 @@ const MAX_PAGES: i64 = 20;
 #[derive(sqlx::FromRow)]
 struct Open {
     id: Uuid,
+    task_type: String,
+    started_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
     run_id: Option<Uuid>,
     status: String,
     recurring: bool,
@@ -53,7 +56,7 @@ impl Follower {
         self.dispatch_waiting().await;
         self.progress.retain(|_, h| !h.is_finished());
         let open: Vec<Open> = sqlx::query_as(
-            "SELECT t.id, t.run_id, t.status, t.recurring, \
+            "SELECT t.id, t.type AS task_type, t.started_at, t.created_at, t.run_id, t.status, t.recurring, \
                     COALESCE((SELECT max(i.created_at) FROM app.task_instance i WHERE i.task_id = t.id), t.created_at) AS since \
              FROM app.task t WHERE t.dispatched_at IS NOT NULL AND (t.status IN ('pending', 'active') OR t.recurring) \
              ORDER BY t.created_at LIMIT 5000",
@@ -179,6 +182,14 @@ impl Follower {
         .await
         .map_err(db)?;
         tracing::info!(task = %task.id, run = %run.run_id, status, "task state");
+        if is_final(status) {
+            let since = task.started_at.unwrap_or(task.created_at);
+            self.tasks.metrics.observe(
+                &task.task_type,
+                status,
+                (Utc::now() - since).num_milliseconds() as f64 / 1000.0,
+            );
+        }
         if status == "active" {
             self.follow_progress(task.id, run.run_id);
         }

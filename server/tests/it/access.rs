@@ -127,3 +127,32 @@ fn the_access_table_has_one_rule_per_route() {
         assert!(["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&rule.method), "{}", rule.method);
     }
 }
+
+/// The claims reach PostgreSQL intact whatever the e-mail address holds: quotes, the
+/// dollar-quote tag of the one-round-trip BEGIN, backslashes.
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn claims_with_quotes_and_dollar_tags_arrive_intact(pool: sqlx::PgPool) {
+    for email in
+        ["o'brien@example.com", "x$sfp_claims$y@example.com", "back\\slash'; DROP TABLE app.task; --@example.com"]
+    {
+        let caller = sfp_server::auth::Caller {
+            kind: sfp_server::auth::CallerKind::User,
+            user_id: uuid::Uuid::new_v4(),
+            email: Some(email.to_string()),
+            role: Some(sfp_server::auth::Role::Member),
+            creator_role: None,
+            token_id: None,
+            session_id: None,
+        };
+        let mut tx = sfp_server::auth::rls::begin_as(&pool, &caller).await.unwrap();
+        let (role, got): (String, String) =
+            sqlx::query_as("SELECT current_setting('role'), current_setting('request.jwt.claims')::jsonb ->> 'email'")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!((role.as_str(), got.as_str()), ("authenticated", email));
+        tx.rollback().await.unwrap();
+    }
+    let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM app.task").fetch_one(&pool).await.unwrap();
+    assert_eq!(tasks, 0, "the table is still there");
+}
