@@ -27,6 +27,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub workers: WorkersConfig,
     pub tasks: TasksConfig,
+    pub registry: RegistryConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -42,6 +43,7 @@ impl std::fmt::Debug for Config {
             .field("auth", &self.auth)
             .field("workers", &self.workers)
             .field("tasks", &self.tasks)
+            .field("registry", &self.registry)
             .finish()
     }
 }
@@ -163,6 +165,24 @@ impl Default for WorkersConfig {
     }
 }
 
+/// The instance's npm registry for sfp artifacts (Verdaccio).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegistryConfig {
+    /// Run Verdaccio in `sfp-server start` (when it is installed).
+    pub embedded: bool,
+    /// Its port; unset keeps the one chosen at first start.
+    pub port: Option<u16>,
+    /// The `verdaccio` executable; the one scripts/setup installs when unset.
+    pub verdaccio_bin: Option<PathBuf>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { embedded: true, port: None, verdaccio_bin: None }
+    }
+}
+
 /// Task submission.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -236,6 +256,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             workers: WorkersConfig::default(),
             tasks: TasksConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }

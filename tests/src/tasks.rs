@@ -21,6 +21,15 @@ const CLASS_META: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <ApexClass xmlns="http://soap.sforce.com/2006/04/metadata"><apiVersion>60.0</apiVersion><status>Active</status></ApexClass>
 "#;
 
+/// Adds a file to the project's repository and commits it.
+pub fn commit_file(dir: &Path, path: &str, contents: &str) {
+    let file = dir.join(path);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(file, contents).unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", &format!("add {path}")]);
+}
+
 /// A committed sfdx project on branch `main`: `source_packages` source packages with a few
 /// Apex classes each and, if `with_data`, a data package (`seed-data`).
 pub fn sfdx_project(dir: &Path, source_packages: usize, with_data: bool) {

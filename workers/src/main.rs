@@ -47,6 +47,10 @@ struct Args {
     /// Allow `file://` repositories (single machine, tests).
     #[arg(long, env = "SFP_WORKER_ALLOW_LOCAL_REPOSITORIES")]
     allow_local_repositories: bool,
+    /// The instance registry's login (`<data dir>/registry-credentials.json`, written by
+    /// sfp-server): `{url, username, password}`.
+    #[arg(long, env = "SFP_WORKER_REGISTRY_CREDENTIALS")]
+    registry_credentials: Option<PathBuf>,
     /// Seconds running steps get to finish on SIGTERM before they are handed back.
     #[arg(long, env = "SFP_WORKER_DRAIN_TIMEOUT", default_value_t = 60)]
     drain_timeout: u64,
@@ -73,7 +77,18 @@ async fn main() -> anyhow::Result<()> {
     let work_root = args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("sfp-worker"));
     let search_path = std::env::var("PATH").unwrap_or_default();
     let sources = SourcePolicy { allow_local: args.allow_local_repositories };
-    let tools = tools::locate(args.sfp_bin.as_deref(), &search_path, work_root, sources)?;
+    let mut tools = tools::locate(args.sfp_bin.as_deref(), &search_path, work_root, sources)?;
+    if let Some(file) = &args.registry_credentials {
+        let raw = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let login: serde_json::Value = serde_json::from_slice(&raw).context("registry credentials are JSON")?;
+        let field =
+            |k: &str| login[k].as_str().map(String::from).with_context(|| format!("registry credentials have no {k}"));
+        tools.registries.push(sfp_workers::step::RegistryLogin {
+            url: field("url")?,
+            username: field("username")?,
+            password: field("password")?,
+        });
+    }
     let name = args.name.clone().unwrap_or_else(|| format!("sfp-worker-{}-{}", args.pool, std::process::id()));
     let config = WorkerConfig {
         client: ClientConfig {

@@ -17,6 +17,41 @@ use crate::process::{self, Exit, Spec, Stream};
 use crate::progress::{self, Tracker};
 use crate::workdir::StepDir;
 
+/// Basic credentials for an npm registry this worker publishes to or fetches from (the
+/// instance's own registry, configured on the worker, never part of a step's input).
+#[derive(Clone)]
+pub struct RegistryLogin {
+    /// The registry's base URL, e.g. `http://127.0.0.1:4873/`.
+    pub url: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryLogin {
+    /// The npmrc line that authenticates to this registry: `//host:port/path/:_auth=...`.
+    pub fn npmrc_line(&self) -> Option<String> {
+        use base64::Engine as _;
+        let (_, rest) = self.url.split_once("://")?;
+        let rest = if rest.ends_with('/') { rest.to_string() } else { format!("{rest}/") };
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.username, self.password));
+        Some(format!("//{rest}:_auth={auth}\nalways-auth=true\n"))
+    }
+
+    pub fn serves(&self, url: &str) -> bool {
+        let norm = |u: &str| u.trim_end_matches('/').to_string();
+        norm(url) == norm(&self.url)
+    }
+}
+
 /// Where the sfp CLI is and what its processes may see.
 #[derive(Debug, Clone)]
 pub struct Toolbox {
@@ -27,6 +62,7 @@ pub struct Toolbox {
     pub path: String,
     pub work_root: PathBuf,
     pub sources: SourcePolicy,
+    pub registries: Vec<RegistryLogin>,
 }
 
 /// What a running step tells the outside world.
@@ -172,7 +208,12 @@ impl Run<'_> {
         }
         if let Some(registry) = &plan.registry {
             let scope = registry.scope.trim_start_matches('@');
-            let npmrc = format!("registry={}\n@{scope}:registry={}\n", registry.url, registry.url);
+            let mut npmrc = format!("registry={}\n@{scope}:registry={}\n", registry.url, registry.url);
+            if let Some(line) =
+                self.tools.registries.iter().find(|r| r.serves(&registry.url)).and_then(RegistryLogin::npmrc_line)
+            {
+                npmrc.push_str(&line);
+            }
             if let Err(e) = write_private(&self.dir.root().join("npmrc"), npmrc.as_bytes()) {
                 return failed(format!("could not write the registry settings: {e}"), true);
             }
@@ -349,18 +390,41 @@ fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// `<name>_sfpowerscripts_artifact_<version>.zip` files, sorted by name.
+/// Artifacts in a folder or its subfolders (one level, as `artifacts fetch` writes them):
+/// built `<name>_sfpowerscripts_artifact_<version>.zip` files and fetched npm tarballs
+/// `<scope>-<name>_sfpowerscripts_artifact-<version>.tgz`, sorted by name.
 pub fn collect_artifacts(dir: &Path) -> std::io::Result<Vec<Artifact>> {
+    let mut files = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
-    let mut artifacts = Vec::new();
     for entry in entries.flatten() {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(stem) = file.strip_suffix(".zip") else { continue };
-        let Some((name, version)) = stem.rsplit_once("_sfpowerscripts_artifact_") else { continue };
-        let bytes = std::fs::read(entry.path())?;
+        let path = entry.path();
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path)?.flatten() {
+                files.push(inner.path());
+            }
+        } else {
+            files.push(path);
+        }
+    }
+    let mut artifacts = Vec::new();
+    for path in files {
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let parsed = if let Some(stem) = file.strip_suffix(".zip") {
+            stem.rsplit_once("_sfpowerscripts_artifact_").map(|(n, v)| (n.to_string(), v.to_string()))
+        } else if let Some(stem) = file.strip_suffix(".tgz") {
+            stem.rsplit_once("_sfpowerscripts_artifact-").map(|(n, v)| {
+                // npm pack names a scoped package `<scope>-<name>`.
+                let name = n.split_once('-').map_or(n, |(_, rest)| rest);
+                (name.to_string(), v.to_string())
+            })
+        } else {
+            None
+        };
+        let Some((name, version)) = parsed else { continue };
+        let bytes = std::fs::read(&path)?;
         artifacts.push(Artifact {
-            name: name.to_string(),
-            version: version.to_string(),
+            name,
+            version,
             file: file.clone(),
             size_bytes: bytes.len() as u64,
             sha256: Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect(),
@@ -380,10 +444,17 @@ mod tests {
         std::fs::write(dir.path().join("seed-data_sfpowerscripts_artifact_1.0.0-7.zip"), b"zz").unwrap();
         std::fs::write(dir.path().join("core_sfpowerscripts_artifact_1.0.0-7.zip"), b"z").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"-").unwrap();
+        std::fs::create_dir(dir.path().join("rel-1")).unwrap();
+        std::fs::write(dir.path().join("rel-1/sfp-app-ui_sfpowerscripts_artifact-2.1.0-3.tgz"), b"t").unwrap();
         let a = collect_artifacts(dir.path()).unwrap();
-        assert_eq!(a.len(), 2);
-        assert_eq!((a[0].name.as_str(), a[0].version.as_str(), a[0].size_bytes), ("core", "1.0.0-7", 1));
-        assert_eq!(a[1].sha256.len(), 64);
+        assert_eq!(a.len(), 3);
+        assert_eq!((a[0].name.as_str(), a[0].version.as_str(), a[0].size_bytes), ("app-ui", "2.1.0-3", 1));
+        assert_eq!((a[1].name.as_str(), a[1].version.as_str(), a[1].size_bytes), ("core", "1.0.0-7", 1));
+        assert_eq!(a[2].sha256.len(), 64);
+        let login = RegistryLogin { url: "http://127.0.0.1:4873".into(), username: "u".into(), password: "p".into() };
+        assert_eq!(login.npmrc_line().unwrap(), "//127.0.0.1:4873/:_auth=dTpw\nalways-auth=true\n");
+        assert!(login.serves("http://127.0.0.1:4873/"));
+        assert!(!format!("{login:?}").contains("\"p\""), "the password never prints");
         assert!(collect_artifacts(&dir.path().join("missing")).unwrap().is_empty());
     }
 }

@@ -3,6 +3,7 @@
 mod data_dir;
 mod database;
 mod engine;
+mod registry;
 mod status;
 mod workers;
 
@@ -66,6 +67,31 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let registry = match (config.registry.embedded, registry::locate(&config)) {
+        (true, Some(verdaccio)) => match registry::start(&config, &data, &verdaccio).await {
+            Ok(r) => {
+                say(format!(
+                    "registry: {} (Verdaccio; the workers' login is in {})",
+                    r.credentials.url,
+                    data.path(registry::CREDENTIALS_FILE).display()
+                ));
+                health.add(Arc::new(registry::RegistryCheck {
+                    url: r.credentials.url.clone(),
+                    client: reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?,
+                }));
+                Some(r)
+            }
+            Err(e) => {
+                say(format!("registry: not started: {e:#}"));
+                None
+            }
+        },
+        (true, None) => {
+            say("registry: not started: Verdaccio is not installed (scripts/setup installs it)".into());
+            None
+        }
+        (false, _) => None,
+    };
     let secrets = data.instance_secrets()?;
     let jwt_secret = config.auth.jwt_secret.clone().unwrap_or(secrets.jwt_secret);
     let audit_stop = CancellationToken::new();
@@ -96,7 +122,7 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     let tasks_stop = CancellationToken::new();
     let tasks_loop = tokio::spawn(tasks.clone().run(tasks_stop.clone()));
     let workers = match engine_task.as_ref().map(|e| e.token.as_str()).or(config.engine.token.as_deref()) {
-        Some(token) => match workers::start(&config, &data, token) {
+        Some(token) => match workers::start(&config, &data, token, registry.as_ref().map(|r| &r.credentials)) {
             Ok(w) => {
                 if !w.tasks.is_empty() {
                     say(format!(
@@ -167,6 +193,10 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     }
     tasks_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks_loop).await;
+    if let Some(r) = registry {
+        r.stop().await;
+        say("registry: stopped".into());
+    }
     audit_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), audit_task).await;
     if let Some(task) = engine_task.map(|e| e.task) {
@@ -253,6 +283,9 @@ pub async fn stop(config: Config, wait: Duration, drain_wait: Duration) -> anyho
         && cluster.stop().await?
     {
         say("postgres: stopped a cluster left running".into());
+    }
+    if registry::stop_leftover(&data).await {
+        say("registry: stopped a Verdaccio left running".into());
     }
     data.remove_runtime();
     say("stopped".into());

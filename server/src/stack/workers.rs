@@ -19,7 +19,12 @@ pub struct RunningWorkers {
     pub stop: CancellationToken,
 }
 
-pub fn start(config: &Config, data: &DataDir, token: &str) -> anyhow::Result<RunningWorkers> {
+pub fn start(
+    config: &Config,
+    data: &DataDir,
+    token: &str,
+    registry: Option<&super::registry::RegistryCredentials>,
+) -> anyhow::Result<RunningWorkers> {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     let w = &config.workers;
@@ -29,8 +34,15 @@ pub fn start(config: &Config, data: &DataDir, token: &str) -> anyhow::Result<Run
     let work_root = w.work_dir.clone().unwrap_or_else(|| data.path("work"));
     let search_path = std::env::var("PATH").unwrap_or_default();
     let sources = SourcePolicy { allow_local: config.tasks.allow_local_repositories };
-    let toolbox = tools::locate(w.sfp_bin.as_deref(), &search_path, work_root, sources)
+    let mut toolbox = tools::locate(w.sfp_bin.as_deref(), &search_path, work_root, sources)
         .context("the embedded workers cannot run steps (set workers.standard = 0 and workers.long_running = 0 to run without them)")?;
+    if let Some(r) = registry {
+        toolbox.registries.push(sfp_workers::step::RegistryLogin {
+            url: r.url.clone(),
+            username: r.username.clone(),
+            password: r.password.clone(),
+        });
+    }
     for (pool, count, slots) in
         [(Pool::Standard, w.standard, w.standard_slots), (Pool::LongRunning, w.long_running, w.long_running_slots)]
     {

@@ -1,0 +1,109 @@
+//! Artifacts in the instance's own npm registry: the embedded stack runs the real Verdaccio
+//! 6.8.0; a `publish` task builds and publishes with the real sfp CLI, `npm view` finds the
+//! versions there, and a `fetch-artifacts` task brings them back byte for byte.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sfp_tests::sdk::{FreshDatabase, tool_from_env, workspace_binary};
+use sfp_tests::tasks::{TasksApi, commit_file, entries, sfdx_project};
+use sfp_tests::{RunningStack, data_dir, processes_mentioning};
+use sha2::Digest as _;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_then_fetch_through_the_embedded_verdaccio() {
+    let db = FreshDatabase::create();
+    let dir = data_dir();
+    let config = format!(
+        "database_url = \"{}\"\n[tasks]\nallow_local_repositories = true\n\
+         [workers]\nsfp_bin = \"{}\"\n[registry]\nverdaccio_bin = \"{}\"\n",
+        db.url,
+        tool_from_env("SFP_TEST_SFP_BIN").display(),
+        tool_from_env("SFP_TEST_VERDACCIO_BIN").display()
+    );
+    std::fs::write(dir.path().join("sfp.toml"), config).unwrap();
+    let repos = tempfile::tempdir().unwrap();
+    let project = repos.path().join("project");
+    sfdx_project(&project, 1, true);
+    commit_file(&project, "releases/rel-1.yml", "release: rel-1\nartifacts:\n  core: 1.0.0-7\n  seed-data: 1.0.0-7\n");
+
+    let stack = RunningStack::start(&workspace_binary("sfp-server"), dir.path(), &[]);
+    let registry = stack
+        .stdout
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("registry: ").and_then(|r| r.split_whitespace().next()).filter(|u| u.starts_with("http"))
+        })
+        .unwrap_or_else(|| panic!("the stack runs a registry: {:?}", stack.stdout))
+        .to_string();
+    let login: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("registry-credentials.json")).unwrap()).unwrap();
+    let (user, password) = (login["username"].as_str().unwrap(), login["password"].as_str().unwrap());
+    let http = reqwest::Client::new();
+    let anonymous = http.get(format!("{registry}@sfp%2fcore_sfpowerscripts_artifact")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "the registry needs a login");
+
+    let api = TasksApi::sign_in(&stack.url, dir.path()).await;
+    let repository = format!("file://{}", project.display());
+    let target = json!({"url": registry, "scope": "sfp"});
+    let publish = api
+        .submit_ok(json!({"type": "publish", "data": {"repository": repository, "buildNumber": 7, "registry": target}}))
+        .await;
+    let done = api.wait_for(&publish, &["completed", "failed"], LIMIT).await;
+    assert_eq!(done["status"], "completed", "{done}\n{:?}", api.log_lines(&publish).await);
+
+    // npm itself finds what sfp published.
+    let npmrc = dir.path().join("test-npmrc");
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let host = registry.split_once("://").unwrap().1;
+    std::fs::write(&npmrc, format!("registry={registry}\n//{host}:_auth={auth}\n")).unwrap();
+    let view = std::process::Command::new("npm")
+        .args(["view", "@sfp/core_sfpowerscripts_artifact", "versions", "dist-tags", "--json", "--registry", &registry])
+        .arg("--userconfig")
+        .arg(&npmrc)
+        .current_dir(dir.path())
+        .output()
+        .expect("npm");
+    let viewed = String::from_utf8_lossy(&view.stdout).to_string();
+    assert!(view.status.success(), "npm view: {viewed}{}", String::from_utf8_lossy(&view.stderr));
+    assert!(viewed.contains("1.0.0-7") && viewed.contains("\"main\""), "{viewed}");
+
+    let fetch = api
+        .submit_ok(json!({"type": "fetch-artifacts", "data": {
+            "repository": repository, "releaseDefinitions": ["releases/rel-1.yml"], "registry": target}}))
+        .await;
+    let done = api.wait_for(&fetch, &["completed", "failed"], LIMIT).await;
+    assert_eq!(done["status"], "completed", "{done}\n{:?}", api.log_lines(&fetch).await);
+    let (_, result) = api.get(&format!("/tasks/{fetch}/result")).await;
+    let fetched = result["result"]["artifacts"].as_array().expect("fetched artifacts").clone();
+    let names: Vec<&str> = fetched.iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["core", "seed-data"], "{result}");
+    for artifact in &fetched {
+        let name = artifact["name"].as_str().unwrap();
+        let meta: Value = http
+            .get(format!("{registry}@sfp%2f{name}_sfpowerscripts_artifact"))
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let tarball = meta["versions"]["1.0.0-7"]["dist"]["tarball"].as_str().unwrap().to_string();
+        let bytes = http.get(tarball).basic_auth(user, Some(password)).send().await.unwrap().bytes().await.unwrap();
+        let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(artifact["sha256"], digest, "{name} came back byte for byte");
+    }
+    assert_eq!(entries(&dir.path().join("work")), Vec::<String>::new());
+
+    let output = stack.stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert!(output.status.success(), "{:?}", output.stdout);
+    assert!(
+        processes_mentioning(&dir.path().join("registry")).is_empty(),
+        "Verdaccio stopped with the stack: {:?}",
+        processes_mentioning(&dir.path().join("registry"))
+    );
+}
