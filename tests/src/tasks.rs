@@ -126,6 +126,10 @@ impl TasksApi {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub async fn status(&self, id: &str) -> Value {
         self.get(&format!("/tasks/{id}/status")).await.1
     }

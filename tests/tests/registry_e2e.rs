@@ -107,3 +107,125 @@ async fn publish_then_fetch_through_the_embedded_verdaccio() {
         processes_mentioning(&dir.path().join("registry"))
     );
 }
+
+/// Polls a pipeline run until it ends; returns its last status body.
+async fn wait_run(api: &TasksApi, run: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let (status, body) = api.get(&format!("/pipelines/runs/{run}")).await;
+        assert_eq!(status, 200, "{body}");
+        if ["completed", "failed", "cancelled"].contains(&body["status"].as_str().unwrap_or("")) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run never ended: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn post(api: &TasksApi, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/sfp/api{path}", api.url))
+        .bearer_auth(api.token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_pipeline_builds_publishes_and_fetches_back() {
+    let db = FreshDatabase::create();
+    let dir = data_dir();
+    let config = format!(
+        "database_url = \"{}\"\n[tasks]\nallow_local_repositories = true\n\
+         [workers]\nsfp_bin = \"{}\"\n[registry]\nverdaccio_bin = \"{}\"\n",
+        db.url,
+        tool_from_env("SFP_TEST_SFP_BIN").display(),
+        tool_from_env("SFP_TEST_VERDACCIO_BIN").display()
+    );
+    std::fs::write(dir.path().join("sfp.toml"), config).unwrap();
+    let repos = tempfile::tempdir().unwrap();
+    let project = repos.path().join("project");
+    sfdx_project(&project, 1, true);
+    commit_file(&project, "releases/rel-1.yml", "release: rel-1\nartifacts:\n  core: 1.0.0-4\n  seed-data: 1.0.0-4\n");
+    let stack = RunningStack::start(&workspace_binary("sfp-server"), dir.path(), &[]);
+    let registry = stack
+        .stdout
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("registry: ").and_then(|r| r.split_whitespace().next()).filter(|u| u.starts_with("http"))
+        })
+        .expect("a registry")
+        .to_string();
+    let login: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("registry-credentials.json")).unwrap()).unwrap();
+    let (user, password) =
+        (login["username"].as_str().unwrap().to_string(), login["password"].as_str().unwrap().to_string());
+    let api = TasksApi::sign_in(&stack.url, dir.path()).await;
+    let repository = format!("file://{}", project.display());
+    let yaml = format!(
+        "name: release\npriority: critical\nsteps:\n\
+         \x20 - id: build\n    type: build\n    data: {{repository: \"{repository}\", buildNumber: 4}}\n\
+         \x20 - id: publish\n    type: publish\n    needs: [build]\n    retries: 1\n\
+         \x20   data: {{repository: \"{repository}\", buildNumber: 4, registry: {{url: \"{registry}\", scope: sfp}}}}\n\
+         \x20 - id: fetch\n    type: fetch-artifacts\n    needs: [publish]\n\
+         \x20   data: {{repository: \"{repository}\", releaseDefinitions: [releases/rel-1.yml], registry: {{url: \"{registry}\", scope: sfp}}}}\n"
+    );
+
+    // Wrong definitions are refused with the place named.
+    for (bad, needle) in [
+        (yaml.replace("type: publish", "type: deploy"), "steps[1].type: unknown task type \"deploy\""),
+        (yaml.replace("needs: [publish]", "needs: [publsh]"), "steps[2].needs[0]: no step \"publsh\""),
+        (
+            yaml.replacen("    type: build\n", "    type: build\n    needs: [fetch]\n", 1),
+            "cycle: build -> fetch -> publish -> build",
+        ),
+        (yaml.replace("buildNumber: 4}\n", "buildNumber: four}\n"), "steps[0].data.buildNumber"),
+    ] {
+        let (status, answer) = post(&api, "/pipelines", json!({"yaml": bad})).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["code"], "invalid_pipeline");
+        assert!(answer["message"].as_str().unwrap().contains(needle), "{needle}: {answer}");
+    }
+
+    let (status, defined) = post(&api, "/pipelines", json!({"yaml": yaml})).await;
+    assert_eq!(status, 201, "{defined}");
+    assert_eq!(defined["version"], 1);
+    let (status, again) = post(&api, "/pipelines", json!({"yaml": yaml.replace("retries: 1", "retries: 2")})).await;
+    assert_eq!((status, again["version"].as_i64()), (201, Some(2)), "a new definition is a new version: {again}");
+    let (_, first) = api.get("/pipelines/release?version=1").await;
+    assert!(first["source"].as_str().unwrap().contains("retries: 1"), "every version is kept: {first}");
+
+    let (status, started) = post(&api, "/pipelines/release/runs", json!({})).await;
+    assert_eq!(status, 201, "{started}");
+    let run = started["runId"].as_str().unwrap().to_string();
+    let done = wait_run(&api, &run).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    for step in ["build", "publish", "fetch"] {
+        assert_eq!(done["steps"][step]["status"], "completed", "{done}");
+    }
+    let built = done["steps"]["build"]["output"]["artifacts"].as_array().expect("build artifacts").len();
+    assert_eq!(built, 2, "{done}");
+
+    // The artifact is in the registry, and the fetch step got exactly its bytes.
+    let http = reqwest::Client::new();
+    let meta: Value = http
+        .get(format!("{registry}@sfp%2fcore_sfpowerscripts_artifact"))
+        .basic_auth(&user, Some(&password))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tarball =
+        meta["versions"]["1.0.0-4"]["dist"]["tarball"].as_str().expect("version 1.0.0-4 is published").to_string();
+    let bytes = http.get(tarball).basic_auth(&user, Some(&password)).send().await.unwrap().bytes().await.unwrap();
+    let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let fetched = done["steps"]["fetch"]["output"]["artifacts"].as_array().expect("fetched artifacts").clone();
+    let core = fetched.iter().find(|a| a["name"] == "core").expect("core fetched");
+    assert_eq!(core["sha256"], digest);
+    assert_eq!(entries(&dir.path().join("work")), Vec::<String>::new());
+    drop(stack);
+}

@@ -212,7 +212,7 @@ async fn run_step(
     let attempt = Attempt::new(worker_id, &action);
     let client = &shared.client;
     reporter::send_event(client, &attempt, pb::StepActionEventType::StepEventTypeStarted, String::new(), None).await;
-    let input = match parse_input(&action.action_payload) {
+    let input = match parse_input(&action.action_payload, &action.task_name) {
         Ok(i) => i,
         Err(e) => {
             let message = format!("the step input is not a task step input: {e}");
@@ -250,9 +250,14 @@ async fn run_step(
     }
 }
 
-fn parse_input(payload: &str) -> Result<StepInput, String> {
+/// A task's run input is its step input; a pipeline's holds one per step, by step id.
+fn parse_input(payload: &str, step: &str) -> Result<StepInput, String> {
     let value: serde_json::Value = serde_json::from_str(payload).map_err(|e| e.to_string())?;
     let input = value.get("input").cloned().unwrap_or(value);
+    let input = match input.get("steps") {
+        Some(steps) => steps.get(step).cloned().ok_or_else(|| format!("the pipeline input has no step {step:?}"))?,
+        None => input,
+    };
     serde_json::from_value(input).map_err(|e| e.to_string())
 }
 

@@ -5,6 +5,7 @@
 pub mod allow_list;
 pub mod data;
 pub mod definitions;
+pub mod pipeline;
 pub mod plan;
 pub mod step;
 pub mod task_type;

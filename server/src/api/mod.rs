@@ -14,6 +14,7 @@ mod layers;
 pub mod locks;
 pub mod metrics;
 mod paging;
+mod pipelines;
 mod projects;
 mod tasks;
 mod teams;
@@ -76,6 +77,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::cancel))
         .routes(routes!(tasks::stop_recurring))
         .routes(routes!(tasks::recurring_instances))
+        .routes(routes!(pipelines::list, pipelines::define))
+        .routes(routes!(pipelines::get))
+        .routes(routes!(pipelines::run))
+        .routes(routes!(pipelines::run_status))
 }
 
 /// Lock paths hold a repository that may contain `/`.

@@ -111,6 +111,12 @@ pub const RULES: &[Rule] = &[
     rule("DELETE", "/tasks/{id}", Access::Roles(ANYONE)),
     rule("POST", "/tasks/{id}/stop-recurring", Access::Roles(ANYONE)),
     rule("GET", "/tasks/{id}/recurring-instances", Access::Roles(ANYONE)),
+    // Pipelines: everyone reads and runs them; owners and application tokens define them.
+    rule("GET", "/pipelines", Access::Roles(ANYONE)),
+    rule("POST", "/pipelines", Access::Roles(OWNER_OR_APP)),
+    rule("GET", "/pipelines/{name}", Access::Roles(ANYONE)),
+    rule("POST", "/pipelines/{name}/runs", Access::Roles(ANYONE)),
+    rule("GET", "/pipelines/runs/{id}", Access::Roles(ANYONE)),
 ];
 
 /// Routes whose calls are not worth an audit row (liveness probes). `/sfp/apidocs-json` is

@@ -102,6 +102,63 @@ impl EngineLink {
         Uuid::parse_str(&response.get_ref().workflow_run_id).map_err(|e| LinkError::Unexpected(e.to_string()))
     }
 
+    /// Registers (or updates) one workflow, e.g. a pipeline's.
+    pub async fn put_workflow(&self, workflow: pb::v1::CreateWorkflowVersionRequest) -> Result<(), LinkError> {
+        self.client.admin().put_workflow(workflow).await?;
+        Ok(())
+    }
+
+    /// Starts a run of a named workflow with the control plane's metadata.
+    pub async fn trigger_workflow(
+        &self,
+        name: &str,
+        input: &Value,
+        metadata: Value,
+        priority: i32,
+    ) -> Result<Uuid, LinkError> {
+        let mut meta = metadata;
+        meta[SOURCE_KEY] = Value::String(SOURCE_VALUE.into());
+        let request = pb::v1::TriggerWorkflowRequest {
+            name: name.to_string(),
+            input: input.to_string(),
+            additional_metadata: Some(meta.to_string()),
+            priority: Some(priority),
+            ..Default::default()
+        };
+        let response = self.client.workflows().trigger_workflow(request).await?;
+        Uuid::parse_str(&response.get_ref().workflow_run_id).map_err(|e| LinkError::Unexpected(e.to_string()))
+    }
+
+    /// A run's status and each of its steps', by step id.
+    pub async fn run_steps(&self, run_id: Uuid) -> Result<(pb::v1::RunStatus, Vec<(String, RunDetails)>), LinkError> {
+        let response = self
+            .client
+            .admin()
+            .get_run_details(pb::v1::GetRunDetailsRequest { external_id: run_id.to_string() })
+            .await?;
+        let r = response.into_inner();
+        let mut steps: Vec<(String, RunDetails)> = r
+            .task_runs
+            .iter()
+            .map(|(id, t)| {
+                let status = pb::v1::RunStatus::try_from(t.status).unwrap_or(pb::v1::RunStatus::Queued);
+                let details = RunDetails {
+                    status,
+                    done: matches!(
+                        status,
+                        pb::v1::RunStatus::Completed | pb::v1::RunStatus::Failed | pb::v1::RunStatus::Cancelled
+                    ),
+                    output: t.output.as_ref().and_then(|o| serde_json::from_slice(o).ok()),
+                    error: t.error.clone().filter(|e| !e.is_empty()),
+                    step_id: Uuid::parse_str(&t.external_id).ok(),
+                };
+                (id.clone(), details)
+            })
+            .collect();
+        steps.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((pb::v1::RunStatus::try_from(r.status).unwrap_or(pb::v1::RunStatus::Queued), steps))
+    }
+
     pub async fn schedule(
         &self,
         t: TaskType,

@@ -1,0 +1,317 @@
+//! Release pipelines: a YAML definition of typed steps (the task types) with `needs`,
+//! retries and timeouts, checked (unknown step types, cycles, missing parents, bad step data
+//! are errors naming the place) and turned into one Hatchet workflow (a DAG) whose steps run
+//! on the same workers as tasks.
+//!
+//! ```yaml
+//! name: release
+//! description: build, publish and fetch back
+//! priority: normal            # critical | normal | batch
+//! steps:
+//!   - id: build
+//!     type: build
+//!     data: {repository: "https://github.com/org/repo.git", buildNumber: 7}
+//!   - id: publish
+//!     type: publish
+//!     needs: [build]
+//!     retries: 1
+//!     timeoutSeconds: 1800
+//!     data: {repository: "...", buildNumber: 7, registry: {url: "http://registry/", scope: org}}
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sfp_protocol::pb::v1::{CreateTaskOpts, CreateWorkflowVersionRequest};
+use uuid::Uuid;
+
+use crate::data::{SourcePolicy, TaskData};
+use crate::definitions::{SCHEDULE_TIMEOUT, execution_timeout};
+use crate::step::{MAX_RETRIES, StepInput};
+use crate::task_type::TaskType;
+
+pub const MAX_STEPS: usize = 50;
+
+/// Where a definition is wrong: `steps[1].needs[0]`, `steps[2].data.registry.url`, ...
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PipelineError {
+    pub field: String,
+    pub message: String,
+}
+
+fn error(field: impl Into<String>, message: impl Into<String>) -> PipelineError {
+    PipelineError { field: field.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Definition {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Step {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub step_type: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+}
+
+/// A checked definition: every step typed, its data normalised, the DAG sound.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    pub definition: Definition,
+    pub types: Vec<TaskType>,
+    pub data: Vec<TaskData>,
+}
+
+/// Reads a definition from YAML (JSON is YAML too).
+pub fn parse_yaml(text: &str) -> Result<Definition, PipelineError> {
+    let value: Value = serde_norway::from_str(text).map_err(|e| error("definition", format!("not valid YAML: {e}")))?;
+    from_value(&value)
+}
+
+pub fn from_value(value: &Value) -> Result<Definition, PipelineError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+        error(if path == "." { "definition".into() } else { path }, message)
+    })
+}
+
+fn plain(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Definition {
+    pub fn check(self, sources: SourcePolicy) -> Result<Pipeline, PipelineError> {
+        if !plain(&self.name, 64) {
+            return Err(error("name", "1 to 64 letters, digits, '-' or '_', starting with a letter or digit"));
+        }
+        if let Some(p) = &self.priority
+            && !["critical", "normal", "batch"].contains(&p.as_str())
+        {
+            return Err(error("priority", format!("{p:?} is not critical, normal or batch")));
+        }
+        if self.steps.is_empty() || self.steps.len() > MAX_STEPS {
+            return Err(error("steps", format!("1 to {MAX_STEPS} steps")));
+        }
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            if !plain(&s.id, 64) {
+                return Err(error(format!("steps[{i}].id"), "1 to 64 letters, digits, '-' or '_'"));
+            }
+            if ids.insert(&s.id, i).is_some() {
+                return Err(error(format!("steps[{i}].id"), format!("{:?} is used by another step", s.id)));
+            }
+        }
+        let mut types = Vec::new();
+        let mut data = Vec::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            let t: TaskType = s.step_type.parse().map_err(|e: String| error(format!("steps[{i}].type"), e))?;
+            for (j, need) in s.needs.iter().enumerate() {
+                if need == &s.id {
+                    return Err(error(format!("steps[{i}].needs[{j}]"), "a step cannot need itself"));
+                }
+                if !ids.contains_key(need.as_str()) {
+                    return Err(error(format!("steps[{i}].needs[{j}]"), format!("no step {need:?} in this pipeline")));
+                }
+            }
+            let d = TaskData::parse(t, &s.data, sources).map_err(|e| {
+                let at = e.field.strip_prefix("data").unwrap_or(&e.field);
+                error(format!("steps[{i}].data{at}"), e.message)
+            })?;
+            let pool = t.pool();
+            if let Some(secs) = s.timeout_seconds
+                && (secs == 0 || secs > pool.max_timeout().as_secs())
+            {
+                return Err(error(
+                    format!("steps[{i}].timeoutSeconds"),
+                    format!("1 to {} for the {pool} pool", pool.max_timeout().as_secs()),
+                ));
+            }
+            if s.retries.is_some_and(|r| r > MAX_RETRIES) {
+                return Err(error(format!("steps[{i}].retries"), format!("at most {MAX_RETRIES}")));
+            }
+            types.push(t);
+            data.push(d);
+        }
+        if let Some(cycle) = find_cycle(&self.steps) {
+            return Err(error("steps", format!("the steps need each other in a cycle: {}", cycle.join(" -> "))));
+        }
+        Ok(Pipeline { definition: self, types, data })
+    }
+}
+
+/// A cycle through `needs`, as step ids, if there is one.
+fn find_cycle(steps: &[Step]) -> Option<Vec<String>> {
+    let needs: HashMap<&str, &[String]> = steps.iter().map(|s| (s.id.as_str(), s.needs.as_slice())).collect();
+    let mut done: HashSet<&str> = HashSet::new();
+    for start in steps {
+        let mut path: Vec<&str> = Vec::new();
+        if let Some(c) = visit(start.id.as_str(), &needs, &mut done, &mut path) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+fn visit<'a>(
+    id: &'a str,
+    needs: &HashMap<&'a str, &'a [String]>,
+    done: &mut HashSet<&'a str>,
+    path: &mut Vec<&'a str>,
+) -> Option<Vec<String>> {
+    if let Some(at) = path.iter().position(|p| *p == id) {
+        let mut cycle: Vec<String> = path[at..].iter().map(|s| s.to_string()).collect();
+        cycle.push(id.to_string());
+        return Some(cycle);
+    }
+    if done.contains(id) {
+        return None;
+    }
+    path.push(id);
+    for need in needs.get(id).copied().unwrap_or_default() {
+        if let Some(c) = visit(need.as_str(), needs, done, path) {
+            return Some(c);
+        }
+    }
+    path.pop();
+    done.insert(id);
+    None
+}
+
+impl Pipeline {
+    /// The Hatchet workflow of this pipeline: one task per step, `needs` as parents, each on
+    /// its task type's action so the pools' workers run it.
+    pub fn workflow(&self, workflow_name: &str, version: i64) -> CreateWorkflowVersionRequest {
+        let tasks = self
+            .definition
+            .steps
+            .iter()
+            .zip(&self.types)
+            .map(|(s, t)| CreateTaskOpts {
+                readable_id: s.id.clone(),
+                action: t.action(),
+                timeout: execution_timeout(*t),
+                inputs: "{}".into(),
+                parents: s.needs.clone(),
+                retries: MAX_RETRIES as i32,
+                backoff_factor: Some(2.0),
+                backoff_max_seconds: Some(300),
+                schedule_timeout: Some(SCHEDULE_TIMEOUT.into()),
+                ..Default::default()
+            })
+            .collect();
+        CreateWorkflowVersionRequest {
+            name: workflow_name.to_string(),
+            description: self.definition.description.clone().unwrap_or_default(),
+            version: version.to_string(),
+            tasks,
+            default_priority: Some(2),
+            ..Default::default()
+        }
+    }
+
+    /// The run input: each step's own step input, by step id (workers pick theirs by the
+    /// task name the engine assigns).
+    pub fn run_input(&self, run_id: Uuid) -> Value {
+        let steps: BTreeMap<String, Value> = self
+            .definition
+            .steps
+            .iter()
+            .zip(self.types.iter().zip(&self.data))
+            .map(|(s, (t, d))| {
+                let input = StepInput {
+                    task_id: run_id,
+                    task_type: *t,
+                    data: serde_json::to_value(d).unwrap_or_default(),
+                    timeout_seconds: s.timeout_seconds.unwrap_or_else(|| t.pool().default_timeout().as_secs()),
+                    retries: s.retries.unwrap_or(0),
+                };
+                (s.id.clone(), serde_json::to_value(input).unwrap_or_default())
+            })
+            .collect();
+        serde_json::json!({ "pipeline": self.definition.name, "steps": steps })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name: release
+priority: normal
+steps:
+  - id: build
+    type: build
+    data: {repository: "https://github.com/o/r.git", buildNumber: 7}
+  - id: publish
+    type: publish
+    needs: [build]
+    retries: 1
+    data: {repository: "https://github.com/o/r.git", buildNumber: 7, registry: {url: "http://127.0.0.1:4873/", scope: o}}
+"#;
+
+    fn check(yaml: &str) -> Result<Pipeline, PipelineError> {
+        parse_yaml(yaml)?.check(SourcePolicy::default())
+    }
+
+    #[test]
+    fn a_good_pipeline_becomes_a_dag_on_the_task_actions() {
+        let p = check(GOOD).unwrap();
+        let w = p.workflow("pipeline-release", 3);
+        assert_eq!(w.version, "3");
+        assert_eq!(w.tasks.len(), 2);
+        assert_eq!(w.tasks[1].action, "sfp-publish:run");
+        assert_eq!(w.tasks[1].parents, vec!["build".to_string()]);
+        let input = p.run_input(Uuid::nil());
+        assert_eq!(input["steps"]["publish"]["retries"], 1);
+        assert_eq!(input["steps"]["build"]["type"], "build");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            (GOOD.replace("type: publish", "type: deploy"), "steps[1].type"),
+            (GOOD.replace("needs: [build]", "needs: [compile]"), "steps[1].needs[0]"),
+            (GOOD.replace("needs: [build]", "needs: [publish]"), "steps[1].needs[0]"),
+            (GOOD.replace("scope: o", "scope: \"@@\""), "steps[1].data.registry.scope"),
+            (GOOD.replace("id: publish", "id: build"), "steps[1].id"),
+            (GOOD.replace("retries: 1", "retries: 9"), "steps[1].retries"),
+            (GOOD.replace("name: release", "name: \"re lease\""), "name"),
+            (GOOD.replace("priority: normal", "colour: red"), "colour"),
+            ("steps: [".to_string(), "definition"),
+        ];
+        for (yaml, field) in cases {
+            let e = check(&yaml).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let cyclic = GOOD.replace(
+            "    data: {repository: \"https://github.com/o/r.git\", buildNumber: 7}\n",
+            "    needs: [publish]\n    data: {repository: \"https://github.com/o/r.git\", buildNumber: 7}\n",
+        );
+        let e = check(&cyclic).unwrap_err();
+        assert!(e.message.contains("cycle: build -> publish -> build"), "{e}");
+    }
+}
