@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod pipelines;
 pub mod stack;
 pub mod state;
 pub mod tasks;

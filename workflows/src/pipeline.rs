@@ -17,6 +17,11 @@
 //!     retries: 1
 //!     timeoutSeconds: 1800
 //!     data: {repository: "...", buildNumber: 7, registry: {url: "http://registry/", scope: org}}
+//!   - id: go-live
+//!     type: approval          # waits for an owner's approve/reject; holds no worker slot
+//!     needs: [publish]
+//!     timeoutSeconds: 86400   # then the run fails (default 1 day, at most 7)
+//!     data: {message: "Release to production?"}
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,6 +37,30 @@ use crate::step::{MAX_RETRIES, StepInput};
 use crate::task_type::TaskType;
 
 pub const MAX_STEPS: usize = 50;
+
+/// The step type that waits for a decision instead of running a command.
+pub const APPROVAL: &str = "approval";
+/// The action approval steps wait on; the control plane serves it (no worker pool does).
+pub const APPROVAL_ACTION: &str = "sfp-approval:wait";
+pub const APPROVAL_DEFAULT_TIMEOUT: u64 = 86_400;
+pub const APPROVAL_MAX_TIMEOUT: u64 = 7 * 86_400;
+
+/// What a step is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    Task(TaskType, TaskData),
+    /// Waits for an owner's decision; `message` is shown to the approvers.
+    Approval {
+        message: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ApprovalData {
+    #[serde(default)]
+    message: Option<String>,
+}
 
 /// Where a definition is wrong: `steps[1].needs[0]`, `steps[2].data.registry.url`, ...
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,8 +105,7 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pipeline {
     pub definition: Definition,
-    pub types: Vec<TaskType>,
-    pub data: Vec<TaskData>,
+    pub kinds: Vec<StepKind>,
 }
 
 /// Reads a definition from YAML (JSON is YAML too).
@@ -124,10 +152,8 @@ impl Definition {
                 return Err(error(format!("steps[{i}].id"), format!("{:?} is used by another step", s.id)));
             }
         }
-        let mut types = Vec::new();
-        let mut data = Vec::new();
+        let mut kinds = Vec::new();
         for (i, s) in self.steps.iter().enumerate() {
-            let t: TaskType = s.step_type.parse().map_err(|e: String| error(format!("steps[{i}].type"), e))?;
             for (j, need) in s.needs.iter().enumerate() {
                 if need == &s.id {
                     return Err(error(format!("steps[{i}].needs[{j}]"), "a step cannot need itself"));
@@ -136,6 +162,31 @@ impl Definition {
                     return Err(error(format!("steps[{i}].needs[{j}]"), format!("no step {need:?} in this pipeline")));
                 }
             }
+            if s.step_type == APPROVAL {
+                let data = if s.data.is_null() { serde_json::json!({}) } else { s.data.clone() };
+                let a: ApprovalData = serde_path_to_error::deserialize(&data).map_err(|e| {
+                    let message = e.inner().to_string();
+                    error(format!("steps[{i}].data"), message.split(" at line ").next().unwrap_or(&message).to_string())
+                })?;
+                if a.message.as_ref().is_some_and(|m| m.len() > 1000) {
+                    return Err(error(format!("steps[{i}].data.message"), "at most 1000 characters"));
+                }
+                if let Some(secs) = s.timeout_seconds
+                    && (secs == 0 || secs > APPROVAL_MAX_TIMEOUT)
+                {
+                    return Err(error(
+                        format!("steps[{i}].timeoutSeconds"),
+                        format!("1 to {APPROVAL_MAX_TIMEOUT} for an approval"),
+                    ));
+                }
+                if s.retries.is_some_and(|r| r > 0) {
+                    return Err(error(format!("steps[{i}].retries"), "an approval is decided once"));
+                }
+                kinds.push(StepKind::Approval { message: a.message });
+                continue;
+            }
+            let known = format!("{e}, {APPROVAL}", e = s.step_type.parse::<TaskType>().err().unwrap_or_default());
+            let t: TaskType = s.step_type.parse().map_err(|_: String| error(format!("steps[{i}].type"), known))?;
             let d = TaskData::parse(t, &s.data, sources).map_err(|e| {
                 let at = e.field.strip_prefix("data").unwrap_or(&e.field);
                 error(format!("steps[{i}].data{at}"), e.message)
@@ -152,13 +203,12 @@ impl Definition {
             if s.retries.is_some_and(|r| r > MAX_RETRIES) {
                 return Err(error(format!("steps[{i}].retries"), format!("at most {MAX_RETRIES}")));
             }
-            types.push(t);
-            data.push(d);
+            kinds.push(StepKind::Task(t, d));
         }
         if let Some(cycle) = find_cycle(&self.steps) {
             return Err(error("steps", format!("the steps need each other in a cycle: {}", cycle.join(" -> "))));
         }
-        Ok(Pipeline { definition: self, types, data })
+        Ok(Pipeline { definition: self, kinds })
     }
 }
 
@@ -208,18 +258,30 @@ impl Pipeline {
             .definition
             .steps
             .iter()
-            .zip(&self.types)
-            .map(|(s, t)| CreateTaskOpts {
-                readable_id: s.id.clone(),
-                action: t.action(),
-                timeout: execution_timeout(*t),
-                inputs: "{}".into(),
-                parents: s.needs.clone(),
-                retries: MAX_RETRIES as i32,
-                backoff_factor: Some(2.0),
-                backoff_max_seconds: Some(300),
-                schedule_timeout: Some(SCHEDULE_TIMEOUT.into()),
-                ..Default::default()
+            .zip(&self.kinds)
+            .map(|(s, kind)| match kind {
+                StepKind::Task(t, _) => CreateTaskOpts {
+                    readable_id: s.id.clone(),
+                    action: t.action(),
+                    timeout: execution_timeout(*t),
+                    inputs: "{}".into(),
+                    parents: s.needs.clone(),
+                    retries: MAX_RETRIES as i32,
+                    backoff_factor: Some(2.0),
+                    backoff_max_seconds: Some(300),
+                    schedule_timeout: Some(SCHEDULE_TIMEOUT.into()),
+                    ..Default::default()
+                },
+                StepKind::Approval { .. } => CreateTaskOpts {
+                    readable_id: s.id.clone(),
+                    action: APPROVAL_ACTION.into(),
+                    timeout: format!("{}s", s.timeout_seconds.unwrap_or(APPROVAL_DEFAULT_TIMEOUT)),
+                    inputs: "{}".into(),
+                    parents: s.needs.clone(),
+                    retries: 0,
+                    schedule_timeout: Some(SCHEDULE_TIMEOUT.into()),
+                    ..Default::default()
+                },
             })
             .collect();
         CreateWorkflowVersionRequest {
@@ -239,16 +301,23 @@ impl Pipeline {
             .definition
             .steps
             .iter()
-            .zip(self.types.iter().zip(&self.data))
-            .map(|(s, (t, d))| {
-                let input = StepInput {
-                    task_id: run_id,
-                    task_type: *t,
-                    data: serde_json::to_value(d).unwrap_or_default(),
-                    timeout_seconds: s.timeout_seconds.unwrap_or_else(|| t.pool().default_timeout().as_secs()),
-                    retries: s.retries.unwrap_or(0),
+            .zip(&self.kinds)
+            .map(|(s, kind)| {
+                let value = match kind {
+                    StepKind::Task(t, d) => serde_json::to_value(StepInput {
+                        task_id: run_id,
+                        task_type: *t,
+                        data: serde_json::to_value(d).unwrap_or_default(),
+                        timeout_seconds: s.timeout_seconds.unwrap_or_else(|| t.pool().default_timeout().as_secs()),
+                        retries: s.retries.unwrap_or(0),
+                    })
+                    .unwrap_or_default(),
+                    StepKind::Approval { message } => serde_json::json!({
+                        "approval": {"pipelineRun": run_id, "message": message,
+                                     "timeoutSeconds": s.timeout_seconds.unwrap_or(APPROVAL_DEFAULT_TIMEOUT)}
+                    }),
                 };
-                (s.id.clone(), serde_json::to_value(input).unwrap_or_default())
+                (s.id.clone(), value)
             })
             .collect();
         serde_json::json!({ "pipeline": self.definition.name, "steps": steps })
@@ -287,6 +356,13 @@ steps:
         assert_eq!(w.tasks[1].parents, vec!["build".to_string()]);
         let input = p.run_input(Uuid::nil());
         assert_eq!(input["steps"]["publish"]["retries"], 1);
+        let gated = check(&format!("{GOOD}  - id: gate\n    type: approval\n    needs: [publish]\n    timeoutSeconds: 60\n    data: {{message: go?}}\n")).unwrap();
+        let w = gated.workflow("pipeline-release", 1);
+        assert_eq!(
+            (w.tasks[2].action.as_str(), w.tasks[2].timeout.as_str(), w.tasks[2].retries),
+            (APPROVAL_ACTION, "60s", 0)
+        );
+        assert_eq!(gated.run_input(Uuid::nil())["steps"]["gate"]["approval"]["message"], "go?");
         assert_eq!(input["steps"]["build"]["type"], "build");
     }
 

@@ -81,6 +81,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::get))
         .routes(routes!(pipelines::run))
         .routes(routes!(pipelines::run_status))
+        .routes(routes!(pipelines::approve))
+        .routes(routes!(pipelines::reject))
 }
 
 /// Lock paths hold a repository that may contain `/`.

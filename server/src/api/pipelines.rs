@@ -293,6 +293,9 @@ fn status_name(s: RunStatus) -> &'static str {
     }
 }
 
+/// An approval step of a run: step, status, message, comment, expiry.
+type GateRow = (String, String, Option<String>, Option<String>, DateTime<Utc>);
+
 /// A run's pipeline name, project, version, engine run and start.
 type RunRow = (String, String, i32, Option<Uuid>, DateTime<Utc>);
 
@@ -329,8 +332,109 @@ pub async fn run_status(
     for (step, d) in steps {
         by_step.insert(step, json!({"status": status_name(d.status), "error": d.error, "output": d.output}));
     }
+    let mut tx = begin_as(&state.pool, &caller).await?;
+    let gates: Vec<GateRow> = sqlx::query_as(
+        "SELECT step, status, message, comment, expires_at FROM app.pipeline_approval WHERE pipeline_run = $1",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    for (step, status, message, comment, expires) in gates {
+        if let Some(s) = by_step.get_mut(&step) {
+            s["approval"] = json!({"status": status, "message": message, "comment": comment, "expiresAt": expires});
+        }
+    }
     Ok(Json(json!({
         "runId": id, "engineRunId": engine_run, "pipeline": name, "project": project, "version": version,
         "status": status_name(status), "createdAt": created_at, "steps": by_step,
     })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Decision {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// The optional `{comment}` body of a decision.
+fn comment(body: &[u8]) -> ApiResult<Option<String>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let d: Decision = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not {{\"comment\": ...}}: {e}")))?;
+    Ok(d.comment)
+}
+
+async fn decide(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    id: &str,
+    comment: Option<String>,
+    approve: bool,
+) -> ApiResult<Json<Value>> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found(format!("no pipeline run {id:?}")))?;
+    if comment.as_ref().is_some_and(|c| c.len() > 2000) {
+        return Err(ApiError::bad_request("comment: at most 2000 characters"));
+    }
+    let mut tx = begin_as(&state.pool, caller).await?;
+    let decided: Vec<(String, String)> = sqlx::query_as(
+        "UPDATE app.pipeline_approval SET status = $2, comment = $3, decided_by = auth.uid(), decided_at = now() \
+         WHERE pipeline_run = $1 AND status = 'waiting' AND expires_at > now() RETURNING step, status",
+    )
+    .bind(id)
+    .bind(if approve { "approved" } else { "rejected" })
+    .bind(&comment)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| rls::write_error(e, || "conflict".into(), || "Forbidden - Requires role: owner".into()))?;
+    if decided.is_empty() {
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM app.pipeline_run WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        return Err(match exists {
+            None => ApiError::not_found(format!("no pipeline run {id}")),
+            Some(_) => ApiError::new(StatusCode::CONFLICT, "nothing_to_decide", "no approval of this run is waiting"),
+        });
+    }
+    tx.commit().await?;
+    let steps: Vec<&str> = decided.iter().map(|(s, _)| s.as_str()).collect();
+    Ok(Json(json!({"runId": id, "steps": steps, "decision": if approve { "approved" } else { "rejected" }})))
+}
+
+/// `POST /sfp/api/pipelines/runs/{id}/approve`: lets the run's waiting approval steps pass.
+#[utoipa::path(post, path = "/pipelines/runs/{id}/approve", tag = "pipelines", security(("bearer" = [])), request_body = Object,
+    params(("id" = String, Path, description = "The runId")), responses(
+    (status = 200, description = "`{runId, steps, decision}`", body = Object),
+    (status = 403, description = "Not an owner", body = ErrorBody),
+    (status = 404, description = "No such run", body = ErrorBody),
+    (status = 409, description = "No approval of this run is waiting", body = ErrorBody),
+))]
+pub async fn approve(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    decide(&state, &caller, &id, comment(&body)?, true).await
+}
+
+/// `POST /sfp/api/pipelines/runs/{id}/reject`: fails the run at its waiting approval steps.
+#[utoipa::path(post, path = "/pipelines/runs/{id}/reject", tag = "pipelines", security(("bearer" = [])), request_body = Object,
+    params(("id" = String, Path, description = "The runId")), responses(
+    (status = 200, description = "`{runId, steps, decision}`", body = Object),
+    (status = 403, description = "Not an owner", body = ErrorBody),
+    (status = 404, description = "No such run", body = ErrorBody),
+    (status = 409, description = "No approval of this run is waiting", body = ErrorBody),
+))]
+pub async fn reject(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    decide(&state, &caller, &id, comment(&body)?, false).await
 }

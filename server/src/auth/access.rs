@@ -117,6 +117,9 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/pipelines/{name}", Access::Roles(ANYONE)),
     rule("POST", "/pipelines/{name}/runs", Access::Roles(ANYONE)),
     rule("GET", "/pipelines/runs/{id}", Access::Roles(ANYONE)),
+    // Approval gates wait for an owner (row-level security decides for tokens).
+    rule("POST", "/pipelines/runs/{id}/approve", Access::Roles(OWNER_OR_APP)),
+    rule("POST", "/pipelines/runs/{id}/reject", Access::Roles(OWNER_OR_APP)),
 ];
 
 /// Routes whose calls are not worth an audit row (liveness probes). `/sfp/apidocs-json` is

@@ -118,6 +118,10 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let approvals_stop = CancellationToken::new();
+    let approvals = link.as_ref().map(|l| {
+        tokio::spawn(crate::pipelines::approvals::run(l.client().clone(), db.pool.clone(), approvals_stop.clone()))
+    });
     let tasks = Tasks::new(db.pool.clone(), link, sources);
     let tasks_stop = CancellationToken::new();
     let tasks_loop = tokio::spawn(tasks.clone().run(tasks_stop.clone()));
@@ -193,6 +197,10 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     }
     tasks_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks_loop).await;
+    approvals_stop.cancel();
+    if let Some(a) = approvals {
+        let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
+    }
     if let Some(r) = registry {
         r.stop().await;
         say("registry: stopped".into());

@@ -1,0 +1,3 @@
+//! Pipeline machinery that runs inside the control plane.
+
+pub mod approvals;

@@ -1,0 +1,139 @@
+//! Approval gates: a pipeline run waits at its approval step without holding a worker slot,
+//! keeps waiting across an sfp-server restart, goes on when an owner approves and fails when
+//! one rejects.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sfp_tests::sdk::{FreshDatabase, tool_from_env, workspace_binary};
+use sfp_tests::tasks::{TasksApi, sfdx_project};
+use sfp_tests::{RunningStack, data_dir};
+
+async fn post(api: &TasksApi, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/sfp/api{path}", api.url))
+        .bearer_auth(api.token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls a run until `done` says so; returns the last status body.
+async fn wait_until(api: &TasksApi, run: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (status, body) = api.get(&format!("/pipelines/runs/{run}")).await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "the run never got to {what}: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Slots in use on the stack's worker pools (the approval worker is not one of them).
+async fn pool_slots_used(dir: &Path) -> i64 {
+    let token = std::fs::read_to_string(dir.join("engine-token")).unwrap().trim().to_string();
+    use base64::Engine as _;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let (base, tenant) = (claims["server_url"].as_str().unwrap(), claims["sub"].as_str().unwrap());
+    let workers: Value = reqwest::Client::new()
+        .get(format!("{base}/api/v1/tenants/{tenant}/worker"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    workers["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["name"].as_str().unwrap_or("").starts_with("embedded-") && w["status"] == "ACTIVE")
+        .map(|w| w["maxRuns"].as_i64().unwrap_or(0) - w["availableRuns"].as_i64().unwrap_or(0))
+        .sum()
+}
+
+fn waiting(body: &Value) -> bool {
+    body["steps"]["gate"]["approval"]["status"] == "waiting" && body["steps"]["gate"]["status"] == "active"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_gate_waits_without_a_slot_across_a_restart() {
+    let db = FreshDatabase::create();
+    let dir = data_dir();
+    let config = format!(
+        "database_url = \"{}\"\n[tasks]\nallow_local_repositories = true\n[engine]\nheartbeat_timeout_secs = 5\n\
+         [workers]\nsfp_bin = \"{}\"\n[registry]\nembedded = false\n",
+        db.url,
+        tool_from_env("SFP_TEST_SFP_BIN").display()
+    );
+    std::fs::write(dir.path().join("sfp.toml"), config).unwrap();
+    let repos = tempfile::tempdir().unwrap();
+    let project = repos.path().join("project");
+    sfdx_project(&project, 1, true);
+    let repository = format!("file://{}", project.display());
+    let yaml = format!(
+        "name: gated\nsteps:\n\
+         \x20 - id: build\n    type: quickbuild\n    data: {{repository: \"{repository}\"}}\n\
+         \x20 - id: gate\n    type: approval\n    needs: [build]\n    timeoutSeconds: 600\n    data: {{message: \"Ship it?\"}}\n\
+         \x20 - id: after\n    type: quickbuild\n    needs: [gate]\n    data: {{repository: \"{repository}\", buildNumber: 2}}\n"
+    );
+    let binary = workspace_binary("sfp-server");
+    let stack = RunningStack::start(&binary, dir.path(), &[]);
+    let api = TasksApi::sign_in(&stack.url, dir.path()).await;
+    let (status, defined) = post(&api, "/pipelines", json!({"yaml": yaml})).await;
+    assert_eq!(status, 201, "{defined}");
+    let (status, bad) =
+        post(&api, "/pipelines", json!({"yaml": yaml.replace("timeoutSeconds: 600", "timeoutSeconds: 9999999")})).await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["message"].as_str().unwrap().starts_with("steps[1].timeoutSeconds"), "{bad}");
+
+    let (_, started) = post(&api, "/pipelines/gated/runs", json!({})).await;
+    let run = started["runId"].as_str().unwrap().to_string();
+    let at_gate = wait_until(&api, &run, "the gate", waiting).await;
+    assert_eq!(at_gate["steps"]["build"]["status"], "completed", "{at_gate}");
+    assert_eq!(at_gate["steps"]["after"]["status"], "pending", "{at_gate}");
+    assert_eq!(at_gate["steps"]["gate"]["approval"]["message"], "Ship it?");
+    assert_eq!(pool_slots_used(dir.path()).await, 0, "the waiting gate holds no worker slot");
+
+    // A restart of the whole stack: the run still waits, and the decision still lands.
+    let output = stack.stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert!(output.status.success(), "{:?}", output.stdout);
+    let stack = RunningStack::start(&binary, dir.path(), &[]);
+    let api = TasksApi::sign_in(&stack.url, dir.path()).await;
+    let still = wait_until(&api, &run, "the gate after the restart", waiting).await;
+    assert_eq!(still["steps"]["after"]["status"], "pending", "{still}");
+    let (status, decided) = post(&api, &format!("/pipelines/runs/{run}/approve"), json!({"comment": "go"})).await;
+    assert_eq!(status, 200, "{decided}");
+    assert_eq!(decided["steps"], json!(["gate"]));
+    let done = wait_until(&api, &run, "the end", |b| b["status"] == "completed" || b["status"] == "failed").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["steps"]["gate"]["output"]["approved"], true, "{done}");
+    assert_eq!(done["steps"]["after"]["status"], "completed", "{done}");
+    let (status, again) = post(&api, &format!("/pipelines/runs/{run}/approve"), json!({})).await;
+    assert_eq!((status, again["code"].as_str()), (409, Some("nothing_to_decide")), "{again}");
+
+    // A rejection fails the run there; the step after it never runs.
+    let (_, started) = post(&api, "/pipelines/gated/runs", json!({})).await;
+    let run = started["runId"].as_str().unwrap().to_string();
+    wait_until(&api, &run, "the gate", waiting).await;
+    let (status, _) = post(&api, &format!("/pipelines/runs/{run}/reject"), json!({"comment": "not today"})).await;
+    assert_eq!(status, 200);
+    let done = wait_until(&api, &run, "the end", |b| {
+        b["status"] == "completed" || b["status"] == "failed" || b["status"] == "cancelled"
+    })
+    .await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["steps"]["gate"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("rejected by admin@sfp.local: not today"), "{done}");
+    assert_ne!(done["steps"]["after"]["status"], "completed", "{done}");
+    drop(stack);
+}
