@@ -137,3 +137,51 @@ async fn an_approval_gate_waits_without_a_slot_across_a_restart() {
     assert_ne!(done["steps"]["after"]["status"], "completed", "{done}");
     drop(stack);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_replays_from_the_failed_step_only() {
+    let db = FreshDatabase::create();
+    let dir = data_dir();
+    let config = format!(
+        "database_url = \"{}\"\n[tasks]\nallow_local_repositories = true\n\
+         [workers]\nsfp_bin = \"{}\"\n[registry]\nembedded = false\n",
+        db.url,
+        tool_from_env("SFP_TEST_SFP_BIN").display()
+    );
+    std::fs::write(dir.path().join("sfp.toml"), config).unwrap();
+    let repos = tempfile::tempdir().unwrap();
+    let project = repos.path().join("project");
+    sfdx_project(&project, 1, true);
+    let repository = format!("file://{}", project.display());
+    // The second step builds a branch that does not exist yet: it fails until the branch is there.
+    let yaml = format!(
+        "name: two\nsteps:\n\
+         \x20 - id: first\n    type: quickbuild\n    data: {{repository: \"{repository}\"}}\n\
+         \x20 - id: second\n    type: quickbuild\n    needs: [first]\n    data: {{repository: \"{repository}\", branch: feature}}\n"
+    );
+    let stack = RunningStack::start(&workspace_binary("sfp-server"), dir.path(), &[]);
+    let api = TasksApi::sign_in(&stack.url, dir.path()).await;
+    assert_eq!(post(&api, "/pipelines", json!({"yaml": yaml})).await.0, 201);
+    let (_, started) = post(&api, "/pipelines/two/runs", json!({})).await;
+    let run = started["runId"].as_str().unwrap().to_string();
+    let failed =
+        wait_until(&api, &run, "the end", |b| ["completed", "failed"].contains(&b["status"].as_str().unwrap_or("")))
+            .await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["steps"]["first"]["status"], "completed");
+    assert!(failed["steps"]["second"]["error"].as_str().unwrap_or_default().contains("git clone"), "{failed}");
+    let out = std::process::Command::new("git").args(["branch", "feature"]).current_dir(&project).output().unwrap();
+    assert!(out.status.success());
+    let (status, answer) = post(&api, &format!("/pipelines/runs/{run}/replay"), json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["replayedSteps"], 1, "only the failed step: {answer}");
+    let done = wait_until(&api, &run, "the end", |b| b["status"] == "completed").await;
+    assert_eq!(done["steps"]["second"]["status"], "completed", "{done}");
+    assert_eq!(
+        done["steps"]["first"]["output"], failed["steps"]["first"]["output"],
+        "the completed step kept its output and did not run again"
+    );
+    let (status, answer) = post(&api, &format!("/pipelines/runs/{run}/replay"), json!({})).await;
+    assert_eq!((status, answer["code"].as_str()), (409, Some("not_replayable")), "{answer}");
+    drop(stack);
+}

@@ -83,6 +83,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::run_status))
         .routes(routes!(pipelines::approve))
         .routes(routes!(pipelines::reject))
+        .routes(routes!(pipelines::replay))
 }
 
 /// Lock paths hold a repository that may contain `/`.

@@ -438,3 +438,39 @@ pub async fn reject(
 ) -> ApiResult<Json<Value>> {
     decide(&state, &caller, &id, comment(&body)?, false).await
 }
+
+/// `POST /sfp/api/pipelines/runs/{id}/replay`: runs a failed or cancelled run again from the
+/// steps that did not complete; completed steps keep their outputs and do not run again.
+#[utoipa::path(post, path = "/pipelines/runs/{id}/replay", tag = "pipelines", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The runId")), responses(
+    (status = 200, description = "`{runId, replayedSteps}`", body = Object),
+    (status = 404, description = "No such run", body = ErrorBody),
+    (status = 409, description = "The run is still going or has completed", body = ErrorBody),
+    (status = 503, description = "The engine cannot be reached", body = ErrorBody),
+))]
+pub async fn replay(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found(format!("no pipeline run {id:?}")))?;
+    let mut tx = begin_as(&state.pool, &caller).await?;
+    let engine_run: Option<Option<Uuid>> = sqlx::query_scalar("SELECT run_id FROM app.pipeline_run WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let engine_run = engine_run.ok_or_else(|| ApiError::not_found(format!("no pipeline run {id}")))?;
+    let engine_run = engine_run.ok_or_else(|| ApiError::unavailable("the run was not started on the engine"))?;
+    let link = state.tasks.link.as_ref().ok_or_else(|| ApiError::unavailable("this server runs without an engine"))?;
+    let (status, _) = link.run_steps(engine_run).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if !matches!(status, RunStatus::Failed | RunStatus::Cancelled) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_replayable",
+            format!("only failed or cancelled runs replay; this one is {}", status_name(status)),
+        ));
+    }
+    let replayed = link.replay(engine_run).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(json!({"runId": id, "replayedSteps": replayed})))
+}

@@ -120,6 +120,7 @@ pub const RULES: &[Rule] = &[
     // Approval gates wait for an owner (row-level security decides for tokens).
     rule("POST", "/pipelines/runs/{id}/approve", Access::Roles(OWNER_OR_APP)),
     rule("POST", "/pipelines/runs/{id}/reject", Access::Roles(OWNER_OR_APP)),
+    rule("POST", "/pipelines/runs/{id}/replay", Access::Roles(ANYONE)),
 ];
 
 /// Routes whose calls are not worth an audit row (liveness probes). `/sfp/apidocs-json` is

@@ -251,6 +251,12 @@ impl EngineLink {
         Ok(())
     }
 
+    /// Replays a run from its failed or cancelled steps; completed steps keep their outputs.
+    pub async fn replay(&self, run_id: Uuid) -> Result<usize, LinkError> {
+        let request = pb::v1::ReplayTasksRequest { external_ids: vec![run_id.to_string()], filter: None };
+        Ok(self.client.admin().replay_tasks(request).await?.into_inner().replayed_tasks.len())
+    }
+
     pub async fn details(&self, run_id: Uuid) -> Result<RunDetails, LinkError> {
         let response = self
             .client
