@@ -116,6 +116,19 @@ impl TasksApi {
         answer["operationId"].as_str().unwrap().to_string()
     }
 
+    /// `POST /sfp/api{path}` with a JSON body: the status code and body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/sfp/api{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self.http.get(format!("{}/sfp/api{path}", self.url)).bearer_auth(&self.token).send().await.unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
@@ -171,6 +184,31 @@ impl TasksApi {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The embedded engine of a stack's data folder: its REST base URL, tenant id and token.
+pub fn engine_access(dir: &Path) -> (String, String, String) {
+    use base64::Engine as _;
+    let token = std::fs::read_to_string(dir.join("engine-token")).unwrap().trim().to_string();
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    (claims["server_url"].as_str().unwrap().to_string(), claims["sub"].as_str().unwrap().to_string(), token)
+}
+
+/// The engine's worker list of a stack (`rows` of Hatchet's worker REST).
+pub async fn engine_workers(dir: &Path) -> Vec<Value> {
+    let (base, tenant, token) = engine_access(dir);
+    let workers: Value = reqwest::Client::new()
+        .get(format!("{base}/api/v1/tenants/{tenant}/worker"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    workers["rows"].as_array().cloned().unwrap_or_default()
 }
 
 /// Waits until `pid` is gone; false if it is still there after `limit`.

@@ -7,19 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sfp_tests::sdk::{FreshDatabase, tool_from_env, workspace_binary};
-use sfp_tests::tasks::{TasksApi, sfdx_project};
+use sfp_tests::tasks::{TasksApi, engine_workers, sfdx_project};
 use sfp_tests::{RunningStack, data_dir};
-
-async fn post(api: &TasksApi, path: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/sfp/api{path}", api.url))
-        .bearer_auth(api.token())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
 
 /// Polls a run until `done` says so; returns the last status body.
 async fn wait_until(api: &TasksApi, run: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -36,25 +25,8 @@ async fn wait_until(api: &TasksApi, run: &str, what: &str, done: impl Fn(&Value)
 
 /// Slots in use on the stack's worker pools (the approval worker is not one of them).
 async fn pool_slots_used(dir: &Path) -> i64 {
-    let token = std::fs::read_to_string(dir.join("engine-token")).unwrap().trim().to_string();
-    use base64::Engine as _;
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap(),
-    )
-    .unwrap();
-    let (base, tenant) = (claims["server_url"].as_str().unwrap(), claims["sub"].as_str().unwrap());
-    let workers: Value = reqwest::Client::new()
-        .get(format!("{base}/api/v1/tenants/{tenant}/worker"))
-        .bearer_auth(&token)
-        .send()
+    engine_workers(dir)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    workers["rows"]
-        .as_array()
-        .unwrap()
         .iter()
         .filter(|w| w["name"].as_str().unwrap_or("").starts_with("embedded-") && w["status"] == "ACTIVE")
         .map(|w| w["maxRuns"].as_i64().unwrap_or(0) - w["availableRuns"].as_i64().unwrap_or(0))
@@ -89,14 +61,14 @@ async fn an_approval_gate_waits_without_a_slot_across_a_restart() {
     let binary = workspace_binary("sfp-server");
     let stack = RunningStack::start(&binary, dir.path(), &[]);
     let api = TasksApi::sign_in(&stack.url, dir.path()).await;
-    let (status, defined) = post(&api, "/pipelines", json!({"yaml": yaml})).await;
+    let (status, defined) = api.post("/pipelines", json!({"yaml": yaml})).await;
     assert_eq!(status, 201, "{defined}");
     let (status, bad) =
-        post(&api, "/pipelines", json!({"yaml": yaml.replace("timeoutSeconds: 600", "timeoutSeconds: 9999999")})).await;
+        api.post("/pipelines", json!({"yaml": yaml.replace("timeoutSeconds: 600", "timeoutSeconds: 9999999")})).await;
     assert_eq!(status, 400, "{bad}");
     assert!(bad["message"].as_str().unwrap().starts_with("steps[1].timeoutSeconds"), "{bad}");
 
-    let (_, started) = post(&api, "/pipelines/gated/runs", json!({})).await;
+    let (_, started) = api.post("/pipelines/gated/runs", json!({})).await;
     let run = started["runId"].as_str().unwrap().to_string();
     let at_gate = wait_until(&api, &run, "the gate", waiting).await;
     assert_eq!(at_gate["steps"]["build"]["status"], "completed", "{at_gate}");
@@ -111,21 +83,21 @@ async fn an_approval_gate_waits_without_a_slot_across_a_restart() {
     let api = TasksApi::sign_in(&stack.url, dir.path()).await;
     let still = wait_until(&api, &run, "the gate after the restart", waiting).await;
     assert_eq!(still["steps"]["after"]["status"], "pending", "{still}");
-    let (status, decided) = post(&api, &format!("/pipelines/runs/{run}/approve"), json!({"comment": "go"})).await;
+    let (status, decided) = api.post(&format!("/pipelines/runs/{run}/approve"), json!({"comment": "go"})).await;
     assert_eq!(status, 200, "{decided}");
     assert_eq!(decided["steps"], json!(["gate"]));
     let done = wait_until(&api, &run, "the end", |b| b["status"] == "completed" || b["status"] == "failed").await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["steps"]["gate"]["output"]["approved"], true, "{done}");
     assert_eq!(done["steps"]["after"]["status"], "completed", "{done}");
-    let (status, again) = post(&api, &format!("/pipelines/runs/{run}/approve"), json!({})).await;
+    let (status, again) = api.post(&format!("/pipelines/runs/{run}/approve"), json!({})).await;
     assert_eq!((status, again["code"].as_str()), (409, Some("nothing_to_decide")), "{again}");
 
     // A rejection fails the run there; the step after it never runs.
-    let (_, started) = post(&api, "/pipelines/gated/runs", json!({})).await;
+    let (_, started) = api.post("/pipelines/gated/runs", json!({})).await;
     let run = started["runId"].as_str().unwrap().to_string();
     wait_until(&api, &run, "the gate", waiting).await;
-    let (status, _) = post(&api, &format!("/pipelines/runs/{run}/reject"), json!({"comment": "not today"})).await;
+    let (status, _) = api.post(&format!("/pipelines/runs/{run}/reject"), json!({"comment": "not today"})).await;
     assert_eq!(status, 200);
     let done = wait_until(&api, &run, "the end", |b| {
         b["status"] == "completed" || b["status"] == "failed" || b["status"] == "cancelled"
@@ -161,8 +133,8 @@ async fn a_failed_run_replays_from_the_failed_step_only() {
     );
     let stack = RunningStack::start(&workspace_binary("sfp-server"), dir.path(), &[]);
     let api = TasksApi::sign_in(&stack.url, dir.path()).await;
-    assert_eq!(post(&api, "/pipelines", json!({"yaml": yaml})).await.0, 201);
-    let (_, started) = post(&api, "/pipelines/two/runs", json!({})).await;
+    assert_eq!(api.post("/pipelines", json!({"yaml": yaml})).await.0, 201);
+    let (_, started) = api.post("/pipelines/two/runs", json!({})).await;
     let run = started["runId"].as_str().unwrap().to_string();
     let failed =
         wait_until(&api, &run, "the end", |b| ["completed", "failed"].contains(&b["status"].as_str().unwrap_or("")))
@@ -172,7 +144,7 @@ async fn a_failed_run_replays_from_the_failed_step_only() {
     assert!(failed["steps"]["second"]["error"].as_str().unwrap_or_default().contains("git clone"), "{failed}");
     let out = std::process::Command::new("git").args(["branch", "feature"]).current_dir(&project).output().unwrap();
     assert!(out.status.success());
-    let (status, answer) = post(&api, &format!("/pipelines/runs/{run}/replay"), json!({})).await;
+    let (status, answer) = api.post(&format!("/pipelines/runs/{run}/replay"), json!({})).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["replayedSteps"], 1, "only the failed step: {answer}");
     let done = wait_until(&api, &run, "the end", |b| b["status"] == "completed").await;
@@ -181,7 +153,7 @@ async fn a_failed_run_replays_from_the_failed_step_only() {
         done["steps"]["first"]["output"], failed["steps"]["first"]["output"],
         "the completed step kept its output and did not run again"
     );
-    let (status, answer) = post(&api, &format!("/pipelines/runs/{run}/replay"), json!({})).await;
+    let (status, answer) = api.post(&format!("/pipelines/runs/{run}/replay"), json!({})).await;
     assert_eq!((status, answer["code"].as_str()), (409, Some("not_replayable")), "{answer}");
     drop(stack);
 }

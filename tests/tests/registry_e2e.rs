@@ -12,8 +12,21 @@ use sha2::Digest as _;
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_then_fetch_through_the_embedded_verdaccio() {
+/// A stack with the embedded Verdaccio, and a project whose repository has a release
+/// definition for build number `build`.
+struct World {
+    _db: FreshDatabase,
+    dir: tempfile::TempDir,
+    _repos: tempfile::TempDir,
+    stack: RunningStack,
+    api: TasksApi,
+    registry: String,
+    user: String,
+    password: String,
+    repository: String,
+}
+
+async fn world(build: u32) -> World {
     let db = FreshDatabase::create();
     let dir = data_dir();
     let config = format!(
@@ -27,8 +40,8 @@ async fn publish_then_fetch_through_the_embedded_verdaccio() {
     let repos = tempfile::tempdir().unwrap();
     let project = repos.path().join("project");
     sfdx_project(&project, 1, true);
-    commit_file(&project, "releases/rel-1.yml", "release: rel-1\nartifacts:\n  core: 1.0.0-7\n  seed-data: 1.0.0-7\n");
-
+    let release = format!("release: rel-1\nartifacts:\n  core: 1.0.0-{build}\n  seed-data: 1.0.0-{build}\n");
+    commit_file(&project, "releases/rel-1.yml", &release);
     let stack = RunningStack::start(&workspace_binary("sfp-server"), dir.path(), &[]);
     let registry = stack
         .stdout
@@ -40,13 +53,21 @@ async fn publish_then_fetch_through_the_embedded_verdaccio() {
         .to_string();
     let login: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("registry-credentials.json")).unwrap()).unwrap();
-    let (user, password) = (login["username"].as_str().unwrap(), login["password"].as_str().unwrap());
+    let (user, password) =
+        (login["username"].as_str().unwrap().to_string(), login["password"].as_str().unwrap().to_string());
+    let api = TasksApi::sign_in(&stack.url, dir.path()).await;
+    let repository = format!("file://{}", project.display());
+    World { _db: db, dir, _repos: repos, stack, api, registry, user, password, repository }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_then_fetch_through_the_embedded_verdaccio() {
+    let World { _db, dir, _repos, stack, api, registry, user, password, repository } = world(7).await;
+    let (user, password) = (user.as_str(), password.as_str());
     let http = reqwest::Client::new();
     let anonymous = http.get(format!("{registry}@sfp%2fcore_sfpowerscripts_artifact")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401, "the registry needs a login");
 
-    let api = TasksApi::sign_in(&stack.url, dir.path()).await;
-    let repository = format!("file://{}", project.display());
     let target = json!({"url": registry, "scope": "sfp"});
     let publish = api
         .submit_ok(json!({"type": "publish", "data": {"repository": repository, "buildNumber": 7, "registry": target}}))
@@ -122,48 +143,9 @@ async fn wait_run(api: &TasksApi, run: &str) -> Value {
     }
 }
 
-async fn post(api: &TasksApi, path: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/sfp/api{path}", api.url))
-        .bearer_auth(api.token())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_pipeline_builds_publishes_and_fetches_back() {
-    let db = FreshDatabase::create();
-    let dir = data_dir();
-    let config = format!(
-        "database_url = \"{}\"\n[tasks]\nallow_local_repositories = true\n\
-         [workers]\nsfp_bin = \"{}\"\n[registry]\nverdaccio_bin = \"{}\"\n",
-        db.url,
-        tool_from_env("SFP_TEST_SFP_BIN").display(),
-        tool_from_env("SFP_TEST_VERDACCIO_BIN").display()
-    );
-    std::fs::write(dir.path().join("sfp.toml"), config).unwrap();
-    let repos = tempfile::tempdir().unwrap();
-    let project = repos.path().join("project");
-    sfdx_project(&project, 1, true);
-    commit_file(&project, "releases/rel-1.yml", "release: rel-1\nartifacts:\n  core: 1.0.0-4\n  seed-data: 1.0.0-4\n");
-    let stack = RunningStack::start(&workspace_binary("sfp-server"), dir.path(), &[]);
-    let registry = stack
-        .stdout
-        .iter()
-        .find_map(|l| {
-            l.strip_prefix("registry: ").and_then(|r| r.split_whitespace().next()).filter(|u| u.starts_with("http"))
-        })
-        .expect("a registry")
-        .to_string();
-    let login: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("registry-credentials.json")).unwrap()).unwrap();
-    let (user, password) =
-        (login["username"].as_str().unwrap().to_string(), login["password"].as_str().unwrap().to_string());
-    let api = TasksApi::sign_in(&stack.url, dir.path()).await;
-    let repository = format!("file://{}", project.display());
+    let World { _db, dir, _repos, stack, api, registry, user, password, repository } = world(4).await;
     let yaml = format!(
         "name: release\npriority: critical\nsteps:\n\
          \x20 - id: build\n    type: build\n    data: {{repository: \"{repository}\", buildNumber: 4}}\n\
@@ -183,21 +165,21 @@ async fn a_release_pipeline_builds_publishes_and_fetches_back() {
         ),
         (yaml.replace("buildNumber: 4}\n", "buildNumber: four}\n"), "steps[0].data.buildNumber"),
     ] {
-        let (status, answer) = post(&api, "/pipelines", json!({"yaml": bad})).await;
+        let (status, answer) = api.post("/pipelines", json!({"yaml": bad})).await;
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["code"], "invalid_pipeline");
         assert!(answer["message"].as_str().unwrap().contains(needle), "{needle}: {answer}");
     }
 
-    let (status, defined) = post(&api, "/pipelines", json!({"yaml": yaml})).await;
+    let (status, defined) = api.post("/pipelines", json!({"yaml": yaml})).await;
     assert_eq!(status, 201, "{defined}");
     assert_eq!(defined["version"], 1);
-    let (status, again) = post(&api, "/pipelines", json!({"yaml": yaml.replace("retries: 1", "retries: 2")})).await;
+    let (status, again) = api.post("/pipelines", json!({"yaml": yaml.replace("retries: 1", "retries: 2")})).await;
     assert_eq!((status, again["version"].as_i64()), (201, Some(2)), "a new definition is a new version: {again}");
     let (_, first) = api.get("/pipelines/release?version=1").await;
     assert!(first["source"].as_str().unwrap().contains("retries: 1"), "every version is kept: {first}");
 
-    let (status, started) = post(&api, "/pipelines/release/runs", json!({})).await;
+    let (status, started) = api.post("/pipelines/release/runs", json!({})).await;
     assert_eq!(status, 201, "{started}");
     let run = started["runId"].as_str().unwrap().to_string();
     let done = wait_run(&api, &run).await;

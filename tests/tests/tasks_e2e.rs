@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use sfp_tests::sdk::{FreshDatabase, tool_from_env, workspace_binary};
-use sfp_tests::tasks::{TasksApi, entries, sfdx_project, wait_empty, wait_gone};
+use sfp_tests::tasks::{TasksApi, engine_access, engine_workers, entries, sfdx_project, wait_empty, wait_gone};
 use sfp_tests::{RunningStack, data_dir};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -33,45 +33,17 @@ fn file_url(p: &Path) -> String {
     format!("file://{}", p.display())
 }
 
-/// The engine's REST base and token, from the stack's data folder.
-fn engine_access(dir: &Path) -> (String, String) {
-    let token = std::fs::read_to_string(dir.join("engine-token")).unwrap().trim().to_string();
-    let payload = token.split('.').nth(1).unwrap();
-    use base64::Engine as _;
-    let claims: Value =
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
-    (claims["server_url"].as_str().unwrap().to_string(), token)
-}
-
 async fn pause_worker(dir: &Path, name: &str, paused: bool) {
-    let (base, token) = engine_access(dir);
-    let http = reqwest::Client::new();
-    let tenant = {
-        let payload = token.split('.').nth(1).unwrap();
-        use base64::Engine as _;
-        let claims: Value =
-            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
-        claims["sub"].as_str().unwrap().to_string()
-    };
-    let workers: Value = http
-        .get(format!("{base}/api/v1/tenants/{tenant}/worker"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = workers["rows"]
-        .as_array()
-        .unwrap()
+    let (base, _, token) = engine_access(dir);
+    let workers = engine_workers(dir).await;
+    let id = workers
         .iter()
         .find(|w| w["name"] == name && w["status"] != "INACTIVE")
-        .unwrap_or_else(|| panic!("no active worker {name}: {workers}"))["metadata"]["id"]
+        .unwrap_or_else(|| panic!("no live worker {name}: {workers:?}"))["metadata"]["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let r = http
+    let r = reqwest::Client::new()
         .patch(format!("{base}/api/v1/workers/{id}"))
         .bearer_auth(&token)
         .json(&json!({"isPaused": paused}))
@@ -239,6 +211,7 @@ impl Worker {
             .arg("--work-dir")
             .arg(work)
             .env_remove("HATCHET_CLIENT_TOKEN")
+            .env("SFP_WORKER_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
