@@ -129,6 +129,7 @@ impl Engine {
 
     /// One pass: claims what the connected workers can take and sends it to them.
     pub(crate) async fn assign_pass(&self) -> Result<Pass, EngineError> {
+        let _pass = self.inner.pass_lock.lock().await;
         if self.is_draining() {
             return Ok(Pass { assigned: 0, more: false });
         }

@@ -31,6 +31,8 @@ impl Engine {
         if !self.inner.draining.swap(true, Ordering::SeqCst) {
             tracing::info!("draining: no new work is assigned by this process");
         }
+        // A pass that began before the flag was set finishes first; every later one sees it.
+        drop(self.inner.pass_lock.lock().await);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let state = self.drain_state().await?;

@@ -87,6 +87,9 @@ pub(crate) struct Inner {
     pub report_queue: Mutex<Option<ReportReceiver>>,
     /// Set by a drain: no new work is assigned by this process.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Held by each assignment pass; a drain takes it once after setting `draining`, so that a
+    /// pass begun before the drain cannot hand out work after the drain has answered.
+    pub pass_lock: tokio::sync::Mutex<()>,
     pub metrics: crate::metrics::EngineMetrics,
     /// When this process started (the unstarted-attempt sweep waits as long as it allows).
     pub started: std::time::Instant,
@@ -118,6 +121,7 @@ impl Engine {
                 reports,
                 report_queue: Mutex::new(Some(report_queue)),
                 draining: std::sync::atomic::AtomicBool::new(false),
+                pass_lock: tokio::sync::Mutex::new(()),
                 metrics: crate::metrics::EngineMetrics::new(),
                 started: std::time::Instant::now(),
             }),
