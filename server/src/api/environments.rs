@@ -297,6 +297,84 @@ pub async fn get(
     Ok(Json(answer))
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvironmentUpdate {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    salesforce_username: Option<String>,
+    #[serde(default)]
+    dev_hub_username: Option<String>,
+    #[serde(default)]
+    is_active: Option<bool>,
+    #[serde(default)]
+    is_default: Option<bool>,
+    #[serde(default)]
+    branch: Option<String>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    orchestration_order: Option<i32>,
+}
+
+/// `PATCH /sfp/api/environments/{id}`: changes the fields given, keeps the others.
+#[utoipa::path(patch, path = "/environments/{id}", tag = "environments", security(("bearer" = [])), request_body = Object,
+    params(("id" = String, Path, description = "The environment's id")), responses(
+    (status = 200, description = "The environment", body = Object),
+    (status = 400, description = "Invalid name, category or metadata", body = ErrorBody),
+    (status = 404, description = "No such environment", body = ErrorBody),
+    (status = 409, description = "The repository has another environment of that name", body = ErrorBody),
+))]
+pub async fn update(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<EnvironmentUpdate>,
+) -> ApiResult<Json<Value>> {
+    if let Some(n) = &body.name {
+        check_name(n)?;
+    }
+    if let Some(c) = &body.category {
+        check_category(c)?;
+    }
+    if body.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+        return Err(ApiError::bad_request("metadata must be a JSON object"));
+    }
+    let mut tx = begin_as(&state.pool, &caller).await?;
+    let env = find(&mut tx, &id).await?;
+    let updated: Environment = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE app.environment SET name = coalesce($2, name), category = coalesce($3, category),            description = coalesce($4, description), salesforce_username = coalesce($5, salesforce_username),            dev_hub_username = coalesce($6, dev_hub_username), is_active = coalesce($7, is_active),            is_default = coalesce($8, is_default), branch = coalesce($9, branch), tags = coalesce($10, tags),            metadata = coalesce($11, metadata), orchestration_order = coalesce($12, orchestration_order), updated_at = now()          WHERE id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(env.id)
+    .bind(&body.name)
+    .bind(&body.category)
+    .bind(&body.description)
+    .bind(&body.salesforce_username)
+    .bind(&body.dev_hub_username)
+    .bind(body.is_active)
+    .bind(body.is_default)
+    .bind(&body.branch)
+    .bind(&body.tags)
+    .bind(&body.metadata)
+    .bind(body.orchestration_order)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| {
+        rls::write_error(e, || format!("{} already has an environment of that name", env.repository), writers_only)
+    })?
+    .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "forbidden", writers_only()))?;
+    let answer = environment_json(&mut tx, &updated).await?;
+    tx.commit().await?;
+    Ok(Json(answer))
+}
+
 /// `DELETE /sfp/api/environments/{id}`
 #[utoipa::path(delete, path = "/environments/{id}", tag = "environments", security(("bearer" = [])),
     params(("id" = String, Path, description = "The environment's id")), responses(

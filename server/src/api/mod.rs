@@ -67,7 +67,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(locks::create))
         .routes(routes!(environments::list, environments::create))
         .routes(routes!(environments::orchestration_order))
-        .routes(routes!(environments::get, environments::delete))
+        .routes(routes!(environments::get, environments::update, environments::delete))
         .routes(routes!(environments::lock))
         .routes(routes!(environments::unlock))
         .routes(routes!(tasks::list, tasks::submit))

@@ -98,6 +98,7 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/environments", Access::Roles(OWNER_OR_APP)),
     rule("GET", "/environments/orchestration-order", Access::Roles(ANYONE)),
     rule("GET", "/environments/{id}", Access::Roles(ANYONE)),
+    rule("PATCH", "/environments/{id}", Access::Roles(OWNER_OR_APP)),
     rule("DELETE", "/environments/{id}", Access::Roles(OWNER_OR_APP)),
     rule("POST", "/environments/{id}/lock", Access::Roles(ANYONE)),
     rule("DELETE", "/environments/{id}/lock/{ticket}", Access::Roles(ANYONE)),

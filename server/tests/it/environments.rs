@@ -64,6 +64,40 @@ async fn environments_are_listed_grouped_filtered_and_in_order(pool: PgPool) {
     assert_eq!(names(&order), vec!["uat", "sit"], "active ones, in orchestration order");
     let (status, _) = get("?category=prod").await;
     assert_eq!(status, 400);
+
+    // PATCH changes what it names and keeps the rest; a name taken in the repository is 409.
+    let sit = grouped["test"].as_array().unwrap().iter().find(|e| e["name"] == "sit").unwrap().clone();
+    let id = sit["id"].as_str().unwrap();
+    let (status, patched) = send(
+        app.request("PATCH", &format!("/sfp/api/environments/{id}"))
+            .bearer_auth(&owner)
+            .json(&json!({"category": "release", "orchestrationOrder": 9, "salesforceUsername": "sit@example.test"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!((patched["category"].as_str(), patched["orchestrationOrder"].as_i64()), (Some("release"), Some(9)));
+    assert_eq!(patched["tags"], json!(["ci"]), "fields not named are kept");
+    assert_eq!(patched["salesforceUsername"], "sit@example.test");
+    let (status, clash) = send(
+        app.request("PATCH", &format!("/sfp/api/environments/{id}")).bearer_auth(&owner).json(&json!({"name": "uat"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{clash}");
+    let (status, bad) = send(
+        app.request("PATCH", &format!("/sfp/api/environments/{id}"))
+            .bearer_auth(&owner)
+            .json(&json!({"category": "prod"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+    let member = app.user("member@example.test", "a member password", Role::Member).await;
+    let (status, _) = send(
+        app.request("PATCH", &format!("/sfp/api/environments/{id}"))
+            .bearer_auth(&member)
+            .json(&json!({"isActive": false})),
+    )
+    .await;
+    assert_eq!(status, 403, "members do not change environments");
 }
 
 #[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
