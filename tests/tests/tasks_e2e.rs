@@ -274,3 +274,58 @@ async fn a_worker_killed_mid_step_leaves_the_task_to_another_worker() {
     drop(workers);
     drop(stack);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_and_recurring_tasks_run_when_due_and_stop_when_told() {
+    let db = FreshDatabase::create();
+    let dir = data_dir();
+    write_config(dir.path(), &db.url, "standard_slots = 2\nlong_running = 0\n[registry]\nembedded = false");
+    let stack = RunningStack::start(&workspace_binary("sfp-server"), dir.path(), &[]);
+    let api = TasksApi::sign_in(&stack.url, dir.path()).await;
+
+    // A one-off run a few seconds from now: pending until then.
+    let due = chrono::Utc::now() + chrono::Duration::seconds(4);
+    let scheduled = api
+        .submit_ok(
+            json!({"type": "sfp", "data": {"args": ["--version"]}, "scheduleType": "scheduled", "scheduledFor": due}),
+        )
+        .await;
+    assert_eq!(api.status(&scheduled).await["status"], "pending");
+    let done = api.wait_for(&scheduled, &["completed", "failed"], LIMIT).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let started: chrono::DateTime<chrono::Utc> = done["startedAt"].as_str().unwrap().parse().unwrap();
+    assert!(started >= due, "it did not start before it was due: {done}");
+    let (status, bad) =
+        api.submit(json!({"type": "sfp", "data": {"args": ["--version"]}, "scheduleType": "scheduled"})).await;
+    assert_eq!((status, bad["message"].as_str()), (400, Some("scheduledFor: required when scheduleType is scheduled")));
+
+    // A cron every five seconds: instances pile up until stop-recurring, then no new ones.
+    let recurring = api
+        .submit_ok(json!({"type": "sfp", "data": {"args": ["--version"]}, "scheduleType": "recurring",
+                          "recurrenceConfig": {"cron": "*/5 * * * * *"}}))
+        .await;
+    let deadline = std::time::Instant::now() + LIMIT;
+    let instances = loop {
+        let (_, body) = api.get(&format!("/tasks/{recurring}/recurring-instances")).await;
+        let finished = body["instances"].as_array().unwrap().iter().filter(|i| i["status"] == "completed").count();
+        if finished >= 2 {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "two instances never completed: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(instances["active"], true);
+    let (status, answer) = api.post(&format!("/tasks/{recurring}/stop-recurring"), json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    // Let anything already started finish, then the count must stay put.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let count = |b: &Value| b["instances"].as_array().unwrap().len();
+    let (_, before) = api.get(&format!("/tasks/{recurring}/recurring-instances")).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (_, after) = api.get(&format!("/tasks/{recurring}/recurring-instances")).await;
+    assert_eq!(after["active"], false);
+    assert_eq!(count(&after), count(&before), "no new instance after stop-recurring: {after}");
+    let (status, answer) = api.post(&format!("/tasks/{scheduled}/stop-recurring"), json!({})).await;
+    assert_eq!(status, 400, "only recurring tasks stop recurring: {answer}");
+    drop(stack);
+}
