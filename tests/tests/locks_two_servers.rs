@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sfp_tests::sdk::{FreshDatabase, workspace_binary};
+use sfp_tests::tasks::TasksApi;
 use sfp_tests::{RunningStack, data_dir};
 
 fn write_config(dir: &Path, database_url: &str) {
@@ -15,27 +16,9 @@ fn write_config(dir: &Path, database_url: &str) {
 }
 
 async fn application_token(url: &str, dir: &Path) -> String {
-    let creds: Value = serde_json::from_slice(&std::fs::read(dir.join("admin-credentials.json")).unwrap()).unwrap();
-    let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{url}/sfp/api/auth/admin/login"))
-        .json(&json!({"email": creds["email"], "password": creds["password"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let created: Value = http
-        .post(format!("{url}/sfp/api/application-tokens"))
-        .bearer_auth(login["access_token"].as_str().unwrap())
-        .json(&json!({"name": "lock clients", "expiresIn": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = TasksApi::sign_in(url, dir).await;
+    let (status, created) = admin.post("/application-tokens", json!({"name": "lock clients", "expiresIn": 1})).await;
+    assert_eq!(status, 201, "{created}");
     created["token"].as_str().expect("a token").to_string()
 }
 
