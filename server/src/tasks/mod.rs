@@ -31,11 +31,21 @@ pub struct Tasks {
     pub sources: SourcePolicy,
     pub metrics: metrics::TaskMetrics,
     wake: Arc<Notify>,
+    /// Whether the task workflows are registered with the engine (a task submitted before the
+    /// background loop got there registers them itself instead of failing on an unknown workflow).
+    registered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Tasks {
     pub fn new(pool: PgPool, link: Option<EngineLink>, sources: SourcePolicy) -> Self {
-        Self { pool, link, sources, metrics: metrics::TaskMetrics::default(), wake: Arc::new(Notify::new()) }
+        Self {
+            pool,
+            link,
+            sources,
+            metrics: metrics::TaskMetrics::default(),
+            wake: Arc::new(Notify::new()),
+            registered: Arc::default(),
+        }
     }
 
     /// Has the background loop look at the tasks now.
@@ -49,6 +59,10 @@ impl Tasks {
         let Some(link) = &self.link else {
             return Err(LinkError::Unreachable("this server runs without an engine".into()));
         };
+        if !self.registered.load(std::sync::atomic::Ordering::SeqCst) {
+            link.register_workflows().await?;
+            self.registered.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let task_type: TaskType = task.task_type.parse().map_err(LinkError::Refused)?;
         let input = serde_json::to_value(StepInput {
             task_id: task.id,
@@ -126,7 +140,10 @@ impl Tasks {
         let mut backoff = Duration::from_millis(250);
         loop {
             match link.register_workflows().await {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.registered.store(true, std::sync::atomic::Ordering::SeqCst);
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot register the task workflows yet");
                     tokio::select! {
