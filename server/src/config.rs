@@ -28,6 +28,9 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub tasks: TasksConfig,
     pub registry: RegistryConfig,
+    pub vault: VaultConfig,
+    pub salesforce: SalesforceConfig,
+    pub github: GithubConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -44,6 +47,9 @@ impl std::fmt::Debug for Config {
             .field("workers", &self.workers)
             .field("tasks", &self.tasks)
             .field("registry", &self.registry)
+            .field("vault", &self.vault)
+            .field("salesforce", &self.salesforce)
+            .field("github", &self.github)
             .finish()
     }
 }
@@ -183,6 +189,65 @@ impl Default for RegistryConfig {
     }
 }
 
+/// Credentials at rest and on their way to workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VaultConfig {
+    /// The key-encryption keys (0600 JSON); `<data dir>/vault-keys.json` when unset. Keep a
+    /// copy elsewhere: without it the stored credentials cannot be read.
+    pub keys_file: Option<PathBuf>,
+    /// Seconds a step token lives before its worker must have exchanged it.
+    pub step_token_ttl_secs: u64,
+    /// Days the token of the embedded workers lives (a new one is made at every start).
+    pub worker_token_days: u32,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig { keys_file: None, step_token_ttl_secs: 60, worker_token_days: 30 }
+    }
+}
+
+/// How the server reaches Salesforce.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SalesforceConfig {
+    /// Send every Salesforce call to this base URL instead of the org's own hosts (a proxy,
+    /// or a local stand-in in tests). Unset in production.
+    pub base_url: Option<String>,
+    /// The REST API version of queries (`vXX.X`).
+    pub api_version: String,
+    /// The OAuth callback URL registered on the connected app, for sandbox sign-ups by name.
+    pub callback_url: String,
+    /// Seconds to wait for Salesforce.
+    pub timeout_secs: u64,
+}
+
+impl Default for SalesforceConfig {
+    fn default() -> Self {
+        SalesforceConfig {
+            base_url: None,
+            api_version: "60.0".into(),
+            callback_url: "http://localhost:1717/OauthRedirect".into(),
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// How the server reaches GitHub (for GitHub App installation tokens).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GithubConfig {
+    /// The REST API (GitHub Enterprise Server: `https://<host>/api/v3`).
+    pub api_url: String,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        GithubConfig { api_url: "https://api.github.com".into() }
+    }
+}
+
 /// Task submission.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -257,6 +322,9 @@ impl Default for Config {
             workers: WorkersConfig::default(),
             tasks: TasksConfig::default(),
             registry: RegistryConfig::default(),
+            vault: VaultConfig::default(),
+            salesforce: SalesforceConfig::default(),
+            github: GithubConfig::default(),
         }
     }
 }
@@ -361,6 +429,11 @@ impl Config {
             return Err(ConfigError::Invalid("database_url must start with postgres:// or postgresql://".into()));
         }
         Ok(())
+    }
+
+    /// The vault's key file.
+    pub fn vault_keys_file(&self) -> PathBuf {
+        self.vault.keys_file.clone().unwrap_or_else(|| self.data_dir.join("vault-keys.json"))
     }
 
     /// The managed cluster's folder.

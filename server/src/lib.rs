@@ -8,11 +8,15 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod health;
+pub mod integrations;
 pub mod pipelines;
+pub mod salesforce;
 pub mod stack;
 pub mod state;
 pub mod tasks;
 pub mod telemetry;
+pub mod vault;
 
 pub use state::AppState;

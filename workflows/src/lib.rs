@@ -3,6 +3,7 @@
 //! the actions and run the steps with the real sfp CLI).
 
 pub mod allow_list;
+pub mod credentials;
 pub mod data;
 pub mod definitions;
 pub mod pipeline;

@@ -276,6 +276,29 @@ impl EngineLink {
         })
     }
 
+    /// Whether `step_id` is a running step of the run `run_id`, which the control plane
+    /// started for `task_id` (read from the run's metadata, not from the caller).
+    pub async fn step_is_running(&self, run_id: Uuid, step_id: Uuid, task_id: Uuid) -> Result<bool, LinkError> {
+        let response = match self
+            .client
+            .admin()
+            .get_run_details(pb::v1::GetRunDetailsRequest { external_id: run_id.to_string() })
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::InvalidArgument => return Ok(false),
+            Err(s) => return Err(s.into()),
+        };
+        let meta: Value = serde_json::from_slice(&response.additional_metadata).unwrap_or(Value::Null);
+        if meta[TASK_METADATA_KEY].as_str() != Some(task_id.to_string().as_str()) {
+            return Ok(false);
+        }
+        Ok(response.task_runs.values().any(|t| {
+            t.external_id == step_id.to_string()
+                && pb::v1::RunStatus::try_from(t.status) == Ok(pb::v1::RunStatus::Running)
+        }))
+    }
+
     /// Runs the control plane started since `since`, a page at a time, optionally of one task.
     pub async fn runs_since(
         &self,
