@@ -105,7 +105,7 @@ CREATE TABLE vault.worker_token (
 -- once for the credentials the step's task declares, and it is dead afterwards.
 CREATE TABLE vault.step_token (
     id              uuid PRIMARY KEY,
-    token_hash      text NOT NULL UNIQUE,
+    token_hash      bytea NOT NULL UNIQUE,
     task_id         uuid NOT NULL,
     run_id          uuid NOT NULL,
     step_run_id     uuid NOT NULL,

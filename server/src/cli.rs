@@ -59,8 +59,24 @@ pub enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// Manage the keys that encrypt stored credentials.
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsAction,
+    },
     /// Print the OpenAPI document of the API (the committed copy is server/openapi.json).
     Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Make a new key-encryption key active and re-wrap every stored credential's data key
+    /// under it, while the server runs. Prints a JSON report.
+    Rotate {
+        /// Afterwards, remove keys no stored credential uses any more from the key file
+        #[arg(long)]
+        retire: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,12 +132,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(status.exit_code())
         }
+        Command::Secrets { action: SecretsAction::Rotate { retire } } => {
+            telemetry::init_for_command();
+            let report = rotate(&config, retire).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(0)
+        }
         Command::Db { action } => {
             telemetry::init_for_command();
             db(config, action).await?;
             Ok(0)
         }
     }
+}
+
+/// Rotates the vault keys against the instance's database (the running server's, or the
+/// embedded cluster started for the while).
+async fn rotate(config: &Config, retire: bool) -> anyhow::Result<crate::vault::rotate::RotateReport> {
+    let keys = config.vault_keys_file();
+    anyhow::ensure!(keys.exists(), "no key file at {}: nothing to rotate", keys.display());
+    let (pool, started) = match &config.database_url {
+        Some(url) => (stack::connect(url, 2).await?, None),
+        None => {
+            let opts = stack::cluster_options(config);
+            match sfp_postgres::Cluster::find(opts.clone()).await? {
+                Some(cluster) => (stack::connect(&cluster.url(), 2).await?, None),
+                None => {
+                    let mut cluster = sfp_postgres::Cluster::open(opts).await?;
+                    cluster.start().await?;
+                    (stack::connect(&cluster.url(), 2).await?, Some(cluster))
+                }
+            }
+        }
+    };
+    sfp_postgres::migrate(&pool).await?;
+    let report = crate::vault::rotate::rotate(&keys, &pool, retire).await;
+    pool.close().await;
+    if let Some(cluster) = started {
+        cluster.stop().await?;
+    }
+    Ok(report?)
 }
 
 async fn db(config: Config, action: DbAction) -> anyhow::Result<()> {

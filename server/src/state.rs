@@ -6,6 +6,7 @@ use sqlx::PgPool;
 
 use crate::api::metrics::Metrics;
 use crate::auth::AuthState;
+use crate::credentials::Credentials;
 use crate::health::HealthChecks;
 use crate::tasks::Tasks;
 
@@ -16,6 +17,7 @@ pub struct AppState {
     pub health: HealthChecks,
     pub auth: Arc<AuthState>,
     pub tasks: Tasks,
+    pub credentials: Arc<Credentials>,
 }
 
 impl axum::extract::FromRef<AppState> for Metrics {

@@ -1,6 +1,7 @@
 //! Test support shared by the crates' integration tests and the cross-crate tests here:
 //! throwaway data folders, and the real `sfp-server` binary run as a child process.
 
+pub mod doubles;
 pub mod engine;
 mod process;
 pub mod sdk;

@@ -2,6 +2,7 @@
 //! embedded engine or a real Hatchet cluster, and runs each task step with the real sfp CLI
 //! in a private folder, with a minimal environment and a hard timeout.
 
+pub mod credentials;
 pub mod process;
 pub mod progress;
 pub mod reporter;

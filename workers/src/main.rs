@@ -51,6 +51,13 @@ struct Args {
     /// sfp-server): `{url, username, password}`.
     #[arg(long, env = "SFP_WORKER_REGISTRY_CREDENTIALS")]
     registry_credentials: Option<PathBuf>,
+    /// The sfp-server API steps get org credentials from (`http://host:3478`).
+    #[arg(long, env = "SFP_SERVER_URL")]
+    control_plane_url: Option<String>,
+    /// A file holding this worker's token for the control plane (`sfp_wk_...`, from
+    /// `POST /sfp/api/worker-tokens`).
+    #[arg(long, env = "SFP_WORKER_CONTROL_PLANE_TOKEN_FILE")]
+    control_plane_token_file: Option<PathBuf>,
     /// Seconds running steps get to finish on SIGTERM before they are handed back.
     #[arg(long, env = "SFP_WORKER_DRAIN_TIMEOUT", default_value_t = 60)]
     drain_timeout: u64,
@@ -88,6 +95,14 @@ async fn main() -> anyhow::Result<()> {
             username: field("username")?,
             password: field("password")?,
         });
+    }
+    match (&args.control_plane_url, &args.control_plane_token_file) {
+        (Some(url), Some(file)) => {
+            let token = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            tools.control_plane = Some(sfp_workers::credentials::ControlPlane::new(url, token.trim()));
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("--control-plane-url and --control-plane-token-file go together"),
     }
     let name = args.name.clone().unwrap_or_else(|| format!("sfp-worker-{}-{}", args.pool, std::process::id()));
     let config = WorkerConfig {

@@ -224,7 +224,13 @@ async fn run_step(
     tracing::info!(task = %input.task_id, run = %action.workflow_run_id, step = %task_run, kind = %input.task_type, attempt = action.retry_count, "step started");
     let (reports, receiver) = mpsc::unbounded_channel();
     let forwarding = tokio::spawn(reporter::forward(client.clone(), attempt.clone(), receiver));
-    let end = step::execute(&shared.config.tools, &input, task_run, &cancel, &reports).await;
+    let identity = crate::credentials::StepIdentity {
+        task_id: input.task_id,
+        run_id: Uuid::parse_str(&action.workflow_run_id).unwrap_or_default(),
+        step_run_id: task_run,
+        attempt: action.retry_count,
+    };
+    let end = step::execute(&shared.config.tools, &input, identity, &cancel, &reports).await;
     drop(reports);
     // Logs and progress reach the engine before the step's final event.
     let _ = forwarding.await;

@@ -11,8 +11,8 @@ use sfp_workflows::{Artifact, OrgLogin, Progress, SourcePolicy, StepInput, StepO
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
+use crate::credentials::{ControlPlane, Lease, StepIdentity};
 use crate::process::{self, Exit, Spec, Stream};
 use crate::progress::{self, Tracker};
 use crate::workdir::StepDir;
@@ -63,6 +63,8 @@ pub struct Toolbox {
     pub work_root: PathBuf,
     pub sources: SourcePolicy,
     pub registries: Vec<RegistryLogin>,
+    /// Where credentials for registered orgs come from; steps that need an org fail without.
+    pub control_plane: Option<ControlPlane>,
 }
 
 /// What a running step tells the outside world.
@@ -96,10 +98,11 @@ fn failed(message: impl Into<String>, retryable: bool) -> StepEnd {
 pub async fn execute(
     tools: &Toolbox,
     input: &StepInput,
-    task_run: Uuid,
+    step: StepIdentity,
     cancel: &CancellationToken,
     reports: &mpsc::UnboundedSender<Report>,
 ) -> StepEnd {
+    let task_run = step.step_run_id;
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(input.timeout_seconds.max(1));
     let data = match TaskData::parse(input.task_type, &input.data, tools.sources) {
@@ -111,10 +114,16 @@ pub async fn execute(
         Ok(d) => d,
         Err(e) => return failed(format!("could not create the step's folder: {e}"), true),
     };
-    let mut run = Run { tools, dir: &dir, deadline, cancel, reports, tail: VecDeque::new(), stdout: Vec::new() };
-    let end = run.steps(&plan, input, started).await;
+    let mut run =
+        Run { tools, dir: &dir, deadline, cancel, reports, tail: VecDeque::new(), stdout: Vec::new(), lease: None };
+    let end = run.steps(&plan, input, step, started).await;
+    let lease = run.lease.take();
     drop(run);
     drop(dir); // the folder, the clone and every login in it go now
+    if let Some(lease) = lease {
+        // The server revokes the access tokens the step was given.
+        lease.release().await;
+    }
     end
 }
 
@@ -126,6 +135,7 @@ struct Run<'a> {
     reports: &'a mpsc::UnboundedSender<Report>,
     tail: VecDeque<String>,
     stdout: Vec<String>,
+    lease: Option<Lease>,
 }
 
 impl Run<'_> {
@@ -171,7 +181,7 @@ impl Run<'_> {
         env
     }
 
-    async fn steps(&mut self, plan: &StepPlan, input: &StepInput, started: Instant) -> StepEnd {
+    async fn steps(&mut self, plan: &StepPlan, input: &StepInput, step: StepIdentity, started: Instant) -> StepEnd {
         self.progress(5, "preparing");
         let env = self.env(plan);
         let work = self.dir.work();
@@ -203,7 +213,7 @@ impl Run<'_> {
         } else if let Err(e) = std::fs::create_dir(&work) {
             return failed(format!("could not create the working tree: {e}"), true);
         }
-        if let Err(end) = self.logins(plan) {
+        if let Err(end) = self.logins(plan, step).await {
             return *end;
         }
         if let Some(registry) = &plan.registry {
@@ -276,23 +286,56 @@ impl Run<'_> {
         )
     }
 
-    fn logins(&self, plan: &StepPlan) -> Result<(), Box<StepEnd>> {
-        for login in &plan.logins {
-            match login {
-                OrgLogin::LocalDevHub => {
-                    write_local_devhub(&self.dir.home())
-                        .map_err(|e| failed(format!("could not prepare sfp: {e}"), true))?;
-                }
-                OrgLogin::Registered { org, .. } => {
-                    return Err(Box::new(failed(
-                        format!(
-                            "org {org:?} needs credentials delivered to the worker, which this server cannot do yet \
-                             (register orgs once credentials are supported)"
-                        ),
-                        false,
-                    )));
-                }
+    async fn logins(&mut self, plan: &StepPlan, step: StepIdentity) -> Result<(), Box<StepEnd>> {
+        let mut aliases = serde_json::Map::new();
+        let home = self.dir.home();
+        if plan.logins.contains(&OrgLogin::LocalDevHub) {
+            write_local_devhub(&home).map_err(|e| failed(format!("could not prepare sfp: {e}"), true))?;
+            aliases.insert(DEVHUB_ALIAS.into(), LOCAL_DEVHUB_USER.into());
+        }
+        let wanted: Vec<&String> = plan
+            .logins
+            .iter()
+            .filter_map(|l| match l {
+                OrgLogin::Registered { org, .. } => Some(org),
+                OrgLogin::LocalDevHub => None,
+            })
+            .collect();
+        if !wanted.is_empty() {
+            let Some(plane) = &self.tools.control_plane else {
+                return Err(Box::new(failed(
+                    format!(
+                        "org {:?} needs credentials from the control plane, and this worker has no connection to it \
+                         (start sfp-worker with --control-plane-url and --control-plane-token-file)",
+                        wanted[0]
+                    ),
+                    false,
+                )));
+            };
+            self.progress(9, "fetching the step's org credentials");
+            let (lease, creds) = plane.credentials(&step).await.map_err(|e| failed(e, true))?;
+            self.lease = Some(lease);
+            for org in &creds.orgs {
+                write_org_login(&home, org)
+                    .map_err(|e| failed(format!("could not log in to {}: {e}", org.username), true))?;
+                aliases.insert(org.alias.clone(), org.username.clone().into());
+                self.log(
+                    "INFO",
+                    format!("logged in to {} as {} for this step ({})", org.alias, org.username, org.instance_url),
+                );
             }
+            if let Some(missing) =
+                wanted.iter().find(|w| !creds.orgs.iter().any(|o| o.username.eq_ignore_ascii_case(w)))
+            {
+                return Err(Box::new(failed(format!("the control plane gave no credentials for {missing:?}"), false)));
+            }
+        }
+        if !aliases.is_empty() {
+            let state = home.join(".sfdx");
+            std::fs::create_dir_all(&state).map_err(|e| failed(format!("could not prepare sfp: {e}"), true))?;
+            let file = serde_json::json!({ "orgs": aliases });
+            write_private(&state.join("alias.json"), file.to_string().as_bytes())
+                .map_err(|e| failed(format!("could not prepare sfp: {e}"), true))?;
         }
         Ok(())
     }
@@ -377,9 +420,28 @@ fn write_local_devhub(home: &Path) -> std::io::Result<()> {
         "orgId": "00D000000000000AAA",
         "isDevHub": true,
     });
-    write_private(&state.join(format!("{LOCAL_DEVHUB_USER}.json")), auth.to_string().as_bytes())?;
-    let aliases = serde_json::json!({ "orgs": { DEVHUB_ALIAS: LOCAL_DEVHUB_USER } });
-    write_private(&state.join("alias.json"), aliases.to_string().as_bytes())
+    write_private(&state.join(format!("{LOCAL_DEVHUB_USER}.json")), auth.to_string().as_bytes())
+}
+
+/// An org session in the sfdx state files of the step's private home: an access token and
+/// no refresh token (it stops working when the server revokes it at the step's end).
+fn write_org_login(home: &Path, org: &sfp_workflows::credentials::OrgCredential) -> std::io::Result<()> {
+    if org.username.contains(['/', '\\']) || org.username.starts_with('.') || org.username.is_empty() {
+        return Err(std::io::Error::other("the username cannot name a file"));
+    }
+    let state = home.join(".sfdx");
+    std::fs::create_dir_all(&state)?;
+    let auth = serde_json::json!({
+        "username": org.username,
+        "accessToken": org.access_token,
+        "instanceUrl": org.instance_url,
+        "loginUrl": org.login_url,
+        "orgId": org.org_id,
+    });
+    let mut bytes = auth.to_string().into_bytes();
+    let written = write_private(&state.join(format!("{}.json", org.username)), &bytes);
+    bytes.iter_mut().for_each(|b| *b = 0);
+    written
 }
 
 fn read_json(path: &Path) -> Option<Value> {

@@ -59,5 +59,5 @@ pub fn locate(
         }
     }
     let path = std::env::join_paths(&dirs).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Toolbox { sfp, git, path, work_root, sources, registries: Vec::new() })
+    Ok(Toolbox { sfp, git, path, work_root, sources, registries: Vec::new(), control_plane: None })
 }

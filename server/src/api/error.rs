@@ -65,6 +65,12 @@ impl ApiError {
         }
     }
 
+    /// Keeps a cause for the server's log (never sent).
+    pub fn with_cause(mut self, cause: impl Into<String>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }

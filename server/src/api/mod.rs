@@ -8,6 +8,7 @@ mod gotrue;
 mod gotrue_admin;
 mod health;
 mod identity;
+mod integrations;
 pub mod json;
 pub mod key_value;
 mod layers;
@@ -16,9 +17,11 @@ pub mod metrics;
 mod paging;
 mod pipelines;
 mod projects;
+mod salesforce;
 mod tasks;
 mod teams;
 mod users;
+mod workers;
 
 use std::time::Duration;
 
@@ -84,6 +87,22 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::approve))
         .routes(routes!(pipelines::reject))
         .routes(routes!(pipelines::replay))
+        .routes(routes!(salesforce::register))
+        .routes(routes!(salesforce::register_sandbox))
+        .routes(routes!(salesforce::list))
+        .routes(routes!(salesforce::get, salesforce::delete))
+        .routes(routes!(salesforce::test_connection))
+        .routes(routes!(salesforce::frontdoor))
+        .routes(routes!(integrations::list, integrations::create))
+        .routes(routes!(integrations::delete))
+        .routes(routes!(integrations::credentials, integrations::credentials_post))
+        .routes(routes!(integrations::repository_token))
+        .routes(routes!(workers::issue))
+        .routes(routes!(workers::exchange))
+        .routes(routes!(workers::release))
+        .routes(routes!(workers::list_tokens, workers::create_token))
+        .routes(routes!(workers::revoke_token))
+        .routes(routes!(workers::access_log))
 }
 
 /// Lock paths hold a repository that may contain `/`.
@@ -194,6 +213,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     // Expired keys are invisible at once; this deletes them from the table.
     tokio::spawn(key_value::sweep_loop(state.pool.clone(), std::time::Duration::from_secs(60), shutdown.clone()));
+    tokio::spawn(state.credentials.clone().sweep_loop(std::time::Duration::from_secs(30), shutdown.clone()));
     let app = router(state, &config);
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

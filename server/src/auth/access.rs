@@ -24,7 +24,15 @@ pub enum Access {
     /// One of these roles. An application token also needs its creator's role to be listed
     /// (or the creator to be an owner): it is never more than the user who made it.
     Roles(&'static [Role]),
+    /// A worker token (`sfp_wk_...`): the worker routes only.
+    Worker,
+    /// A step token (`sfp_st_...`), checked by the handler (it is single-use).
+    StepToken,
 }
+
+/// The worker a worker token belongs to (set by the middleware on [`Access::Worker`] routes).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerCaller(pub uuid::Uuid);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Rule {
@@ -122,6 +130,31 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/pipelines/runs/{id}/approve", Access::Roles(OWNER_OR_APP)),
     rule("POST", "/pipelines/runs/{id}/reject", Access::Roles(OWNER_OR_APP)),
     rule("POST", "/pipelines/runs/{id}/replay", Access::Roles(ANYONE)),
+    // Salesforce orgs: everyone sees them; owners and application tokens register and use
+    // them (auth URLs only for them, checked again by the handler); owners delete them.
+    rule("POST", "/auth/salesforce/register", Access::Roles(OWNER_OR_APP)),
+    rule("POST", "/auth/salesforce/register-sandbox-by-name", Access::Roles(OWNER_OR_APP)),
+    rule("GET", "/auth/salesforce/orgs", Access::Roles(ANYONE)),
+    rule("GET", "/auth/salesforce/org", Access::Roles(ANYONE)),
+    rule("DELETE", "/auth/salesforce/org", Access::Roles(OWNER)),
+    rule("POST", "/auth/salesforce/test-connection", Access::Roles(OWNER_OR_APP)),
+    rule("GET", "/auth/salesforce/frontdoor", Access::Roles(OWNER_OR_APP)),
+    // Integrations: users create them (never application tokens); owners list and delete
+    // them; owners and application tokens read their credentials.
+    rule("GET", "/integrations", Access::Roles(OWNER)),
+    rule("POST", "/integrations", Access::Roles(USERS)),
+    rule("DELETE", "/integrations/{id}", Access::Roles(OWNER)),
+    rule("GET", "/integrations/credentials", Access::Roles(OWNER_OR_APP)),
+    rule("POST", "/integrations/credentials", Access::Roles(OWNER_OR_APP)),
+    rule("GET", "/repository/auth-token", Access::Roles(OWNER_OR_APP)),
+    // Workers: step tokens for running steps, exchanged once.
+    rule("POST", "/workers/step-token", Access::Worker),
+    rule("POST", "/workers/step-token/exchange", Access::StepToken),
+    rule("POST", "/workers/step-token/release", Access::StepToken),
+    rule("GET", "/worker-tokens", Access::Roles(OWNER)),
+    rule("POST", "/worker-tokens", Access::Roles(OWNER)),
+    rule("DELETE", "/worker-tokens/{id}", Access::Roles(OWNER)),
+    rule("GET", "/vault/access-log", Access::Roles(OWNER)),
 ];
 
 /// Routes whose calls are not worth an audit row (liveness probes). `/sfp/apidocs-json` is
@@ -184,6 +217,48 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route has no access rule").into_response();
     };
     let bearer = super::bearer(request.headers()).map(str::to_owned);
+    if matches!(rule.access, Access::Worker | Access::StepToken) {
+        let who = if rule.access == Access::Worker {
+            let worker = match &bearer {
+                Some(t) if t.starts_with(crate::credentials::worker_tokens::PREFIX) => {
+                    match crate::credentials::worker_tokens::authenticate(&state.pool, t).await {
+                        Ok(found) => found,
+                        Err(e) => return ApiError::from(e).into_response(),
+                    }
+                }
+                _ => None,
+            };
+            let Some(worker) = worker else {
+                let response = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this route needs a worker token (sfp_wk_...) that is unexpired and not revoked",
+                )
+                .into_response();
+                let who = Who { kind: "anonymous", token_id: None };
+                audit_as(
+                    &state,
+                    None,
+                    who,
+                    &method,
+                    &relative,
+                    &path,
+                    target,
+                    response.status(),
+                    client_ip,
+                    request_id,
+                );
+                return response;
+            };
+            request.extensions_mut().insert(WorkerCaller(worker));
+            Who { kind: "worker", token_id: Some(worker) }
+        } else {
+            Who { kind: "step", token_id: None }
+        };
+        let response = next.run(request).await;
+        audit_as(&state, None, who, &method, &relative, &path, target, response.status(), client_ip, request_id);
+        return response;
+    }
     let caller = match (&bearer, rule.access) {
         (None, Access::Public) => None,
         (Some(token), Access::Public) => state.auth.authenticate(&state.pool, token).await.ok(),
@@ -203,6 +278,7 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
         (_, None) => Some(unauthorized(&AuthError::Missing)),
         (Access::SignedIn, Some(_)) => None,
         (Access::Roles(roles), Some(c)) => (!allows(roles, c)).then(|| forbidden(roles)),
+        (Access::Worker | Access::StepToken, Some(_)) => Some(unauthorized(&AuthError::Missing)),
     };
     if let Some(err) = denied {
         let response = err.into_response();
@@ -219,10 +295,40 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
     response
 }
 
+/// Who called, for callers that are not users or application tokens.
+struct Who {
+    kind: &'static str,
+    token_id: Option<uuid::Uuid>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn audit(
     state: &AppState,
     caller: Option<&Caller>,
+    method: &Method,
+    route: &str,
+    path: &str,
+    target: Option<String>,
+    status: StatusCode,
+    client_ip: Option<std::net::IpAddr>,
+    request_id: Option<String>,
+) {
+    let who = Who {
+        kind: match caller.map(|c| c.kind) {
+            Some(CallerKind::User) => "user",
+            Some(CallerKind::Application) => "application",
+            None => "anonymous",
+        },
+        token_id: caller.and_then(|c| c.token_id),
+    };
+    audit_as(state, caller, who, method, route, path, target, status, client_ip, request_id);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit_as(
+    state: &AppState,
+    caller: Option<&Caller>,
+    who: Who,
     method: &Method,
     route: &str,
     path: &str,
@@ -242,14 +348,9 @@ fn audit(
         request_id,
         actor_id: caller.map(|c| c.user_id),
         actor_email: caller.and_then(|c| c.email.clone()),
-        actor_kind: match caller.map(|c| c.kind) {
-            Some(CallerKind::User) => "user",
-            Some(CallerKind::Application) => "application",
-            None => "anonymous",
-        }
-        .into(),
+        actor_kind: who.kind.into(),
         role: caller.and_then(|c| c.role).map(|r| r.as_str().to_owned()),
-        token_id: caller.and_then(|c| c.token_id),
+        token_id: who.token_id,
         method: method.to_string(),
         route: format!("/sfp/api{route}"),
         path: path.to_owned(),

@@ -48,6 +48,18 @@ pub enum StepTokenError {
     Database(#[from] sqlx::Error),
 }
 
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    id: Uuid,
+    task_id: Uuid,
+    step_run_id: Uuid,
+    worker_token_id: Option<Uuid>,
+    credentials: serde_json::Value,
+    expires_at: DateTime<Utc>,
+    exchanged_at: Option<DateTime<Utc>>,
+    released_at: Option<DateTime<Utc>>,
+}
+
 /// What a step token's release revokes.
 #[derive(Serialize, Deserialize)]
 struct Issued {
@@ -93,11 +105,36 @@ impl Credentials {
         worker_token: Uuid,
         req: &StepTokenRequest,
     ) -> Result<StepToken, StepTokenError> {
-        let row: Option<(String, serde_json::Value)> = sqlx::query_as("SELECT type, data FROM app.task WHERE id = $1")
+        // The task record is the authority: the run must be this task's (run metadata and
+        // input are whatever the engine's caller wrote, and workers can trigger runs).
+        let mut found = None;
+        for wait in [0u64, 200, 400, 800, 1600] {
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            let row: Option<(String, serde_json::Value, bool)> = sqlx::query_as(
+                // A recurring task's runs come from the engine's cron; they are known by
+                // their metadata (checked below) until the follower records them.
+                "SELECT type, data, (run_id = $2 OR recurring OR EXISTS (SELECT 1 FROM app.task_instance i \
+                   WHERE i.task_id = t.id AND i.run_id = $2)) AS ours FROM app.task t WHERE id = $1",
+            )
             .bind(req.task_id)
+            .bind(req.run_id)
             .fetch_optional(&self.pool)
             .await?;
-        let (kind, data) = row.ok_or(StepTokenError::UnknownTask(req.task_id))?;
+            match row {
+                None => return Err(StepTokenError::UnknownTask(req.task_id)),
+                Some((kind, data, true)) => {
+                    found = Some((kind, data));
+                    break;
+                }
+                // The server records the run right after the engine accepts it: a fast worker
+                // can ask first.
+                Some(_) => continue,
+            }
+        }
+        let Some((kind, data)) = found else {
+            self.log_refusal(worker_token, req.task_id, "step token for a run that is not the task's").await;
+            return Err(StepTokenError::NotRunning(req.step_run_id));
+        };
         let link = link.ok_or(StepTokenError::NoEngine)?;
         let running = link
             .step_is_running(req.run_id, req.step_run_id, req.task_id)
@@ -154,15 +191,24 @@ impl Credentials {
     /// Exchanges a step token, once, for fresh sessions of the step's orgs.
     pub async fn exchange(&self, token: &str) -> Result<StepCredentials, StepTokenError> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(Uuid, Uuid, Uuid, Option<Uuid>, serde_json::Value, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
-            sqlx::query_as(
-                "SELECT id, task_id, step_run_id, worker_token_id, credentials, expires_at, exchanged_at, released_at \
-                 FROM vault.step_token WHERE token_hash = $1 FOR UPDATE",
-            )
-            .bind(hash(token))
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((id, task, step, worker, planned, expires_at, exchanged, released)) = row else {
+        let row: Option<TokenRow> = sqlx::query_as(
+            "SELECT id, task_id, step_run_id, worker_token_id, credentials, expires_at, exchanged_at, released_at \
+             FROM vault.step_token WHERE token_hash = $1 FOR UPDATE",
+        )
+        .bind(hash(token))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(TokenRow {
+            id,
+            task_id: task,
+            step_run_id: step,
+            worker_token_id: worker,
+            credentials: planned,
+            expires_at,
+            exchanged_at: exchanged,
+            released_at: released,
+        }) = row
+        else {
             return Err(StepTokenError::Unknown);
         };
         let refused = if released.is_some() {
@@ -179,7 +225,10 @@ impl Credentials {
             self.log_refusal(worker.unwrap_or_default(), task, &e.to_string()).await;
             return Err(e);
         }
-        sqlx::query("UPDATE vault.step_token SET exchanged_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE vault.step_token SET exchanged_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
 
         let planned: Vec<PlannedLogin> = serde_json::from_value(planned).unwrap_or_default();
@@ -196,7 +245,10 @@ impl Credentials {
                     return Err(e.into());
                 }
             };
-            issued.push(Issued { login_url: session.login_url.clone(), access_token: session.access_token.expose().clone() });
+            issued.push(Issued {
+                login_url: session.login_url.clone(),
+                access_token: session.access_token.expose().clone(),
+            });
             orgs.push(OrgCredential {
                 alias: login.alias,
                 username: session.username,
@@ -257,7 +309,10 @@ impl Credentials {
                 Err(e) => tracing::warn!(step_token = %id, error = %e, "a step's access token could not be revoked"),
             }
         }
-        sqlx::query("UPDATE vault.step_token SET issued_secret = NULL WHERE id = $1").bind(id).execute(&mut *conn).await?;
+        sqlx::query("UPDATE vault.step_token SET issued_secret = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
         self.vault.delete(&mut conn, secret).await?;
         Ok(revoked)
     }

@@ -69,6 +69,7 @@ pub fn check(provider: &str, auth_type: &str, credentials: &serde_json::Value) -
     for name in fields {
         match object.get(*name) {
             Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {}
+            Some(serde_json::Value::Number(_)) if *name == "appId" => {}
             Some(serde_json::Value::String(_)) | None => {
                 return Err(format!("credentials.{name} is required for {provider} {auth_type}"));
             }
@@ -110,7 +111,10 @@ mod tests {
         assert!(err.contains("privateKey") && !err.contains("ghp_"), "{err}");
         assert!(check("github", "kerberos", &json!({})).unwrap_err().contains("pat, app, oauth"));
         assert!(check("bitbucket", "pat", &json!({})).unwrap_err().starts_with("provider must be one of"));
-        assert!(check("azure-devops", "service_principal", &json!({"clientId": "a", "clientSecret": "b", "tenantId": "c"})).is_ok());
+        assert!(
+            check("azure-devops", "service_principal", &json!({"clientId": "a", "clientSecret": "b", "tenantId": "c"}))
+                .is_ok()
+        );
         assert!(check("npm", "pat", &json!({"token": ["x"]})).unwrap_err().contains("must be a string"));
     }
 }

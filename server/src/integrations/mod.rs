@@ -65,7 +65,8 @@ pub enum IntegrationError {
     Database(#[from] sqlx::Error),
 }
 
-const COLUMNS: &str = "id, provider, auth_type, is_global, projects, config, fields, created_by, created_at, updated_at";
+const COLUMNS: &str =
+    "id, provider, auth_type, is_global, projects, config, fields, created_by, created_at, updated_at";
 
 #[derive(Clone)]
 pub struct Integrations {

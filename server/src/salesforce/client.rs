@@ -120,9 +120,7 @@ impl SalesforceClient {
         let Ok(parsed) = url::Url::parse(url) else { return false };
         let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
         parsed.scheme() == "https"
-            && [".salesforce.com", ".force.com", ".salesforce.mil", ".cloudforce.com"]
-                .iter()
-                .any(|d| host.ends_with(d))
+            && [".salesforce.com", ".force.com", ".salesforce.mil", ".cloudforce.com"].iter().any(|d| host.ends_with(d))
     }
 
     async fn token(&self, login_url: &str, form: &[(&str, &str)]) -> Result<TokenResponse, SalesforceError> {
@@ -161,7 +159,8 @@ impl SalesforceClient {
         client_secret: &str,
         refresh_token: &str,
     ) -> Result<TokenResponse, SalesforceError> {
-        let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)];
+        let mut form =
+            vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)];
         if !client_secret.is_empty() {
             form.push(("client_secret", client_secret));
         }
@@ -205,7 +204,11 @@ impl SalesforceClient {
         serde_json::from_value(v).map_err(|e| SalesforceError::Unexpected(format!("userinfo: {e}")))
     }
 
-    pub async fn organization(&self, instance_url: &str, token: &SecretString) -> Result<Organization, SalesforceError> {
+    pub async fn organization(
+        &self,
+        instance_url: &str,
+        token: &SecretString,
+    ) -> Result<Organization, SalesforceError> {
         let soql = "SELECT Id, Name, OrganizationType, IsSandbox, InstanceName, TrialExpirationDate FROM Organization";
         let path = format!(
             "/services/data/v{}/query?{}",
@@ -213,9 +216,10 @@ impl SalesforceClient {
             serde_urlencoded::to_string([("q", soql)]).expect("a query string")
         );
         let v = self.get_json(instance_url, &path, token).await?;
-        let record = v["records"].get(0).cloned().ok_or_else(|| {
-            SalesforceError::Unexpected("the Organization query returned no record".into())
-        })?;
+        let record = v["records"]
+            .get(0)
+            .cloned()
+            .ok_or_else(|| SalesforceError::Unexpected("the Organization query returned no record".into()))?;
         serde_json::from_value(record).map_err(|e| SalesforceError::Unexpected(format!("Organization: {e}")))
     }
 

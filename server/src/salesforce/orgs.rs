@@ -133,11 +133,25 @@ impl Orgs {
             .client
             .refresh(&login_url, &url.client_id, url.client_secret.expose(), url.refresh_token.expose())
             .await?;
-        let refresh_token = token.refresh_token.as_ref().map_or_else(|| url.refresh_token.expose().clone(), |t| t.expose().clone());
-        let secret =
-            OrgSecret { client_id: url.client_id.clone(), client_secret: url.client_secret.expose().clone(), refresh_token };
+        let refresh_token =
+            token.refresh_token.as_ref().map_or_else(|| url.refresh_token.expose().clone(), |t| t.expose().clone());
+        let secret = OrgSecret {
+            client_id: url.client_id.clone(),
+            client_secret: url.client_secret.expose().clone(),
+            refresh_token,
+        };
         let org = self
-            .store(&token, &login_url, secret, req.username.as_deref(), req.is_dev_hub, req.is_default, req.metadata, None, actor)
+            .store(
+                &token,
+                &login_url,
+                secret,
+                req.username.as_deref(),
+                req.is_dev_hub,
+                req.is_default,
+                req.metadata,
+                None,
+                actor,
+            )
             .await?;
         Ok(org)
     }
@@ -151,15 +165,22 @@ impl Orgs {
         is_default: bool,
         actor: Actor<'_>,
     ) -> Result<SalesforceOrg, OrgError> {
-        if sandbox_name.is_empty() || sandbox_name.len() > 10 || !sandbox_name.chars().all(|c| c.is_ascii_alphanumeric()) {
+        if sandbox_name.is_empty()
+            || sandbox_name.len() > 10
+            || !sandbox_name.chars().all(|c| c.is_ascii_alphanumeric())
+        {
             return Err(OrgError::Invalid("sandboxName must be 1 to 10 letters or digits".into()));
         }
         let (parent, secret) = self.secret_of(production).await?;
         if parent.org_type != "production" {
             return Err(OrgError::Invalid(format!("{production:?} is not a production org")));
         }
-        let prod = self.client.refresh(&parent.login_url, &secret.client_id, &secret.client_secret, &secret.refresh_token).await?;
-        let auth = self.client.sandbox_auth(&prod.instance_url, &prod.access_token, &secret.client_id, sandbox_name).await?;
+        let prod = self
+            .client
+            .refresh(&parent.login_url, &secret.client_id, &secret.client_secret, &secret.refresh_token)
+            .await?;
+        let auth =
+            self.client.sandbox_auth(&prod.instance_url, &prod.access_token, &secret.client_id, sandbox_name).await?;
         let token = self
             .client
             .authorization_code(&auth.login_url, &secret.client_id, &secret.client_secret, auth.auth_code.expose())
@@ -169,8 +190,11 @@ impl Orgs {
                 "the sandbox grant returned no refresh token (the connected app needs the refresh_token scope)".into(),
             )));
         };
-        let sandbox_secret =
-            OrgSecret { client_id: secret.client_id.clone(), client_secret: secret.client_secret.clone(), refresh_token };
+        let sandbox_secret = OrgSecret {
+            client_id: secret.client_id.clone(),
+            client_secret: secret.client_secret.clone(),
+            refresh_token,
+        };
         let _ = &auth.instance_url;
         self.store(
             &token,
@@ -322,7 +346,15 @@ impl Orgs {
         Ok((org, secret))
     }
 
-    async fn log(&self, actor: Actor<'_>, username: &str, purpose: &str, task: Option<Uuid>, outcome: &str, detail: Option<String>) {
+    async fn log(
+        &self,
+        actor: Actor<'_>,
+        username: &str,
+        purpose: &str,
+        task: Option<Uuid>,
+        outcome: &str,
+        detail: Option<String>,
+    ) {
         let Ok(mut conn) = self.pool.acquire().await else { return };
         let entry = Access {
             actor_kind: actor.kind,
@@ -343,7 +375,12 @@ impl Orgs {
         let (org, secret) = self.secret_of(username).await?;
         self.log(actor, username, "auth-url", None, "granted", None).await;
         let host = auth_url::host_of(&org.login_url).to_string();
-        Ok(SecretString::new(auth_url::format_url(&secret.client_id, &secret.client_secret, &secret.refresh_token, &host)))
+        Ok(SecretString::new(auth_url::format_url(
+            &secret.client_id,
+            &secret.client_secret,
+            &secret.refresh_token,
+            &host,
+        )))
     }
 
     /// A fresh access token of the org (a refresh-token grant); audited.
@@ -361,7 +398,11 @@ impl Orgs {
                 return Err(e);
             }
         };
-        let token = match self.client.refresh(&org.login_url, &secret.client_id, &secret.client_secret, &secret.refresh_token).await {
+        let token = match self
+            .client
+            .refresh(&org.login_url, &secret.client_id, &secret.client_secret, &secret.refresh_token)
+            .await
+        {
             Ok(t) => t,
             Err(e) => {
                 self.log(actor, username, purpose, task, "failed", Some(e.to_string())).await;

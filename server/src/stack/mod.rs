@@ -125,33 +125,49 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     let tasks = Tasks::new(db.pool.clone(), link, sources);
     let tasks_stop = CancellationToken::new();
     let tasks_loop = tokio::spawn(tasks.clone().run(tasks_stop.clone()));
-    let workers = match engine_task.as_ref().map(|e| e.token.as_str()).or(config.engine.token.as_deref()) {
-        Some(token) => match workers::start(&config, &data, token, registry.as_ref().map(|r| &r.credentials)) {
-            Ok(w) => {
-                if !w.tasks.is_empty() {
-                    say(format!(
-                        "workers: {} standard, {} long-running (sfp CLI steps)",
-                        config.workers.standard, config.workers.long_running
-                    ));
-                }
-                Some(w)
-            }
-            Err(e) => {
-                // The API and engine are still useful (and external workers can connect).
-                say(format!("workers: not started: {e:#}"));
-                tracing::warn!(error = %format!("{e:#}"), "the embedded workers were not started");
-                None
-            }
-        },
-        None => None,
-    };
-    let metrics = Metrics::new();
-    metrics.with_registry(|r| tasks.metrics.register(r));
-    let state = AppState { pool: db.pool.clone(), metrics, health, auth, tasks };
+    let vault = crate::vault::Vault::open(&config.vault_keys_file(), &db.pool)
+        .await
+        .context("opening the vault (the key file of the stored credentials)")?;
+    say(format!(
+        "vault: keys in {} (keep a copy: without it stored credentials are lost)",
+        vault.keys_file().display()
+    ));
+    let credentials = Arc::new(crate::credentials::Credentials::new(db.pool.clone(), Arc::new(vault), &config));
 
     let addr = SocketAddr::new(config.api.host, config.api.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the API to {addr}"))?;
     let url = base_url(listener.local_addr()?);
+    // The embedded workers fetch org credentials from this API with a token of their own.
+    crate::credentials::worker_tokens::revoke_embedded(&db.pool).await?;
+    let (_, worker_token) =
+        crate::credentials::worker_tokens::create(&db.pool, "embedded workers", config.vault.worker_token_days, true)
+            .await?;
+    let control_plane = sfp_workers::credentials::ControlPlane::new(&url, worker_token.expose());
+    let workers = match engine_task.as_ref().map(|e| e.token.as_str()).or(config.engine.token.as_deref()) {
+        Some(token) => {
+            match workers::start(&config, &data, token, registry.as_ref().map(|r| &r.credentials), control_plane) {
+                Ok(w) => {
+                    if !w.tasks.is_empty() {
+                        say(format!(
+                            "workers: {} standard, {} long-running (sfp CLI steps)",
+                            config.workers.standard, config.workers.long_running
+                        ));
+                    }
+                    Some(w)
+                }
+                Err(e) => {
+                    // The API and engine are still useful (and external workers can connect).
+                    say(format!("workers: not started: {e:#}"));
+                    tracing::warn!(error = %format!("{e:#}"), "the embedded workers were not started");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let metrics = Metrics::new();
+    metrics.with_registry(|r| tasks.metrics.register(r));
+    let state = AppState { pool: db.pool.clone(), metrics, health, auth, tasks, credentials };
     let api_task = tokio::spawn(api::run(config.api.clone(), listener, state, shutdown.clone()));
     say(format!("api: listening on {url}/sfp/api"));
 

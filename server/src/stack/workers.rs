@@ -24,6 +24,7 @@ pub fn start(
     data: &DataDir,
     token: &str,
     registry: Option<&super::registry::RegistryCredentials>,
+    control_plane: sfp_workers::credentials::ControlPlane,
 ) -> anyhow::Result<RunningWorkers> {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -36,6 +37,7 @@ pub fn start(
     let sources = SourcePolicy { allow_local: config.tasks.allow_local_repositories };
     let mut toolbox = tools::locate(w.sfp_bin.as_deref(), &search_path, work_root, sources)
         .context("the embedded workers cannot run steps (set workers.standard = 0 and workers.long_running = 0 to run without them)")?;
+    toolbox.control_plane = Some(control_plane);
     if let Some(r) = registry {
         toolbox.registries.push(sfp_workers::step::RegistryLogin {
             url: r.url.clone(),

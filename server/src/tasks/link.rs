@@ -286,7 +286,9 @@ impl EngineLink {
             .await
         {
             Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::InvalidArgument => return Ok(false),
+            Err(s) if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::InvalidArgument => {
+                return Ok(false);
+            }
             Err(s) => return Err(s.into()),
         };
         let meta: Value = serde_json::from_slice(&response.additional_metadata).unwrap_or(Value::Null);

@@ -24,6 +24,8 @@ fn expected_allowed(access: Access, who: Who) -> Option<bool> {
     // None: 401 expected (no credentials); Some(allowed)
     match (access, who) {
         (Access::Public, _) => Some(true),
+        // Users' and application tokens never open the worker routes.
+        (Access::Worker | Access::StepToken, _) => None,
         (_, Who::Anonymous) => None,
         (Access::SignedIn, _) => Some(true),
         (Access::Roles(roles), Who::Owner) => Some(roles.contains(&Role::Owner)),

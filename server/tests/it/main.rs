@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod auth;
+mod credentials;
 mod doc_store;
 mod environments;
 mod key_value;

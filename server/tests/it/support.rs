@@ -40,6 +40,21 @@ impl TestApi {
     }
 
     pub async fn spawn_configured(pool: PgPool, config: ApiConfig, auth: AuthConfig) -> TestApi {
+        let full = sfp_server::config::Config { api: config, auth, ..Default::default() };
+        Self::spawn_full(pool, full).await
+    }
+
+    /// The API with a whole configuration (Salesforce and GitHub base URLs, vault settings).
+    pub async fn spawn_full(pool: PgPool, full: sfp_server::config::Config) -> TestApi {
+        // Server logs show in a failing test's output.
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+        // Servers of one database share its key file, as a real deployment does (a file
+        // left by an earlier run's database of the same name is harmless: the database is new).
+        let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.unwrap();
+        let keys_file = std::env::temp_dir().join(format!("sfp-test-vault-{database}.json"));
+        let vault = sfp_server::vault::Vault::open(&keys_file, &pool).await.unwrap();
+        let credentials = Arc::new(sfp_server::credentials::Credentials::new(pool.clone(), Arc::new(vault), &full));
+        let (config, auth) = (full.api.clone(), full.auth.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = stack::base_url(listener.local_addr().unwrap());
         let mut health = HealthChecks::default();
@@ -49,7 +64,7 @@ impl TestApi {
         let auth = Arc::new(AuthState::new(JWT_SECRET.as_bytes(), auth, audit));
         sfp_server::auth::bootstrap_admin(&pool, ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
         let tasks = sfp_server::tasks::Tasks::new(pool.clone(), None, sfp_workflows::SourcePolicy::default());
-        let state = AppState { pool: pool.clone(), metrics: Metrics::new(), health, auth, tasks };
+        let state = AppState { pool: pool.clone(), metrics: Metrics::new(), health, auth, tasks, credentials };
         tokio::spawn(api::run(config, listener, state, shutdown.clone()));
         TestApi { url, client: reqwest::Client::new(), pool, shutdown }
     }
