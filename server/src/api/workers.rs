@@ -20,7 +20,7 @@ use crate::state::AppState;
 fn step_error(e: StepTokenError) -> ApiError {
     match e {
         StepTokenError::UnknownTask(_) => ApiError::not_found(e.to_string()),
-        StepTokenError::NotRunning(_) => ApiError::new(StatusCode::FORBIDDEN, "step_not_running", e.to_string()),
+        StepTokenError::NotRunning(..) => ApiError::new(StatusCode::FORBIDDEN, "step_not_running", e.to_string()),
         StepTokenError::AlreadyIssued => ApiError::new(StatusCode::CONFLICT, "step_token_issued", e.to_string()),
         StepTokenError::Unknown => ApiError::new(StatusCode::UNAUTHORIZED, "step_token_unknown", e.to_string()),
         StepTokenError::Expired => ApiError::new(StatusCode::UNAUTHORIZED, "step_token_expired", e.to_string()),

@@ -24,8 +24,8 @@ pub const PREFIX: &str = "sfp_st_";
 pub enum StepTokenError {
     #[error("task {0} does not exist")]
     UnknownTask(Uuid),
-    #[error("step {0} is not a running step of this task")]
-    NotRunning(Uuid),
+    #[error("step {0} is not a running step of this task ({1})")]
+    NotRunning(Uuid, &'static str),
     #[error("a step token was issued for this step attempt already")]
     AlreadyIssued,
     #[error("the step token is unknown")]
@@ -113,8 +113,8 @@ impl Credentials {
             let row: Option<(String, serde_json::Value, bool)> = sqlx::query_as(
                 // A recurring task's runs come from the engine's cron; they are known by
                 // their metadata (checked below) until the follower records them.
-                "SELECT type, data, (run_id = $2 OR recurring OR EXISTS (SELECT 1 FROM app.task_instance i \
-                   WHERE i.task_id = t.id AND i.run_id = $2)) AS ours FROM app.task t WHERE id = $1",
+                "SELECT type, data, coalesce(run_id = $2 OR recurring OR EXISTS (SELECT 1 FROM app.task_instance i \
+                   WHERE i.task_id = t.id AND i.run_id = $2), false) AS ours FROM app.task t WHERE id = $1",
             )
             .bind(req.task_id)
             .bind(req.run_id)
@@ -122,6 +122,8 @@ impl Credentials {
             .await?;
             match row {
                 None => return Err(StepTokenError::UnknownTask(req.task_id)),
+                // (The attempt is the engine's retry count, which also grows when a step is
+                // handed to another worker, so it is not checked against the task's retries.)
                 Some((kind, data, true)) => {
                     found = Some((kind, data));
                     break;
@@ -133,7 +135,7 @@ impl Credentials {
         }
         let Some((kind, data)) = found else {
             self.log_refusal(worker_token, req.task_id, "step token for a run that is not the task's").await;
-            return Err(StepTokenError::NotRunning(req.step_run_id));
+            return Err(StepTokenError::NotRunning(req.step_run_id, "the run is not the task's"));
         };
         let link = link.ok_or(StepTokenError::NoEngine)?;
         let running = link
@@ -142,7 +144,7 @@ impl Credentials {
             .map_err(|e| StepTokenError::Engine(e.to_string()))?;
         if !running {
             self.log_refusal(worker_token, req.task_id, "step token for a step that is not running").await;
-            return Err(StepTokenError::NotRunning(req.step_run_id));
+            return Err(StepTokenError::NotRunning(req.step_run_id, "the engine does not report it running"));
         }
         let task_type: TaskType = kind.parse().map_err(|_| StepTokenError::UnknownTask(req.task_id))?;
         let credentials = planned_logins(task_type, &data);

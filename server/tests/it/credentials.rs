@@ -307,6 +307,37 @@ async fn orgs_are_validated_stored_encrypted_and_shown_by_role(pool: PgPool) {
         .await;
     assert_eq!((status, body["code"].as_str()), (400, Some("connection_failed")), "{body}");
 
+    // One default DevHub: registering another default moves it there.
+    let hub = Org::new("hub@acme.com", false);
+    sf.add(hub.clone());
+    let (status, body) = api
+        .call(
+            "POST",
+            "/sfp/api/auth/salesforce/register",
+            &owner,
+            Some(json!({"sfdxAuthUrl": hub.auth_url(), "isDevHub": true, "isDefault": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, hubs) = api.call("GET", "/sfp/api/auth/salesforce/orgs?devhub=true", &owner, None).await;
+    let defaults: Vec<&str> = hubs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["isDefault"] == true)
+        .map(|o| o["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(defaults, vec!["hub@acme.com"]);
+    let (status, _) = api
+        .call(
+            "POST",
+            "/sfp/api/auth/salesforce/register",
+            &owner,
+            Some(json!({"sfdxAuthUrl": hub.auth_url(), "isDefault": true})),
+        )
+        .await;
+    assert_eq!(status, 400, "only a DevHub can be the default DevHub");
+
     // Deleting revokes the refresh token at Salesforce.
     let (status, _) = api.call("DELETE", "/sfp/api/auth/salesforce/org?username=qa@acme.com.qa", &member, None).await;
     assert_eq!(status, 403);
@@ -316,7 +347,7 @@ async fn orgs_are_validated_stored_encrypted_and_shown_by_role(pool: PgPool) {
     let (status, _) = api.call("GET", "/sfp/api/auth/salesforce/org?username=qa@acme.com.qa", &owner, None).await;
     assert_eq!(status, 404);
     let secrets: i64 = sqlx::query_scalar("SELECT count(*) FROM vault.secret").fetch_one(&pool).await.unwrap();
-    assert_eq!(secrets, 2, "the deleted org's secret is gone");
+    assert_eq!(secrets, 3, "the deleted org's secret is gone");
 
     // Every read of a credential is in the access log.
     let (_, log) =
