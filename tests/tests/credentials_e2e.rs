@@ -293,6 +293,42 @@ async fn steps_get_their_orgs_credentials_just_in_time_and_nothing_leaks() {
     }
     assert!(wait_empty(&work, Duration::from_secs(30)).await, "the step's folder is gone: {:?}", entries(&work));
 
+    // A pipeline's install step logs in the same way.
+    let yaml = format!(
+        "name: release\nsteps:\n\x20 - id: deploy-qa\n    type: install\n    timeoutSeconds: 200\n    \
+         data: {{repository: \"{repository}\", targetOrg: \"qa@acme.com\"}}\n"
+    );
+    let (status, defined) = api.call("POST", "/sfp/api/pipelines", &admin, Some(json!({"yaml": yaml}))).await;
+    assert_eq!(status, 201, "{defined}");
+    let before = sf.seen().len();
+    let (status, started) = api.call("POST", "/sfp/api/pipelines/release/runs", &admin, Some(json!({}))).await;
+    assert_eq!(status, 201, "{started}");
+    let run = started["runId"].as_str().unwrap().to_string();
+    let mut finished = Value::Null;
+    for _ in 0..300 {
+        let (_, body) = api.call("GET", &format!("/sfp/api/pipelines/runs/{run}"), &admin, None).await;
+        if body["status"] == "completed" || body["status"] == "failed" {
+            finished = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let step_error = finished["steps"]["deploy-qa"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(step_error.contains("sfp install"), "the pipeline step reached sfp install: {finished}");
+    let sessions = sf.sessions();
+    let pipeline_used: Vec<String> = sf
+        .seen()
+        .into_iter()
+        .skip(before)
+        .filter(|s| s.path.starts_with("/services/data"))
+        .filter_map(|s| s.bearer)
+        .collect();
+    assert!(!pipeline_used.is_empty(), "the pipeline step reached the org");
+    for token in &pipeline_used {
+        assert_eq!(sessions.get(token).map(String::as_str), Some("qa@acme.com"));
+        assert!(sf.revoked().contains(token), "revoked when the pipeline step ended");
+    }
+
     // 3. The keys rotate while the server runs; every org stays usable.
     let rotated = Command::new(workspace_binary("sfp-server"))
         .args(["secrets", "rotate", "--retire", "--data-dir"])

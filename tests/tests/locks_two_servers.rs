@@ -10,8 +10,13 @@ use sfp_tests::sdk::{FreshDatabase, workspace_binary};
 use sfp_tests::tasks::TasksApi;
 use sfp_tests::{RunningStack, data_dir};
 
-fn write_config(dir: &Path, database_url: &str) {
-    let config = format!("database_url = \"{database_url}\"\n[workers]\nstandard = 0\nlong_running = 0\n");
+/// Servers of one database share the vault's key file (the database refuses a server whose
+/// keys are not the ones its credentials are wrapped with).
+fn write_config(dir: &Path, database_url: &str, keys: &Path) {
+    let config = format!(
+        "database_url = \"{database_url}\"\n[workers]\nstandard = 0\nlong_running = 0\n[vault]\nkeys_file = \"{}\"\n",
+        keys.display()
+    );
     std::fs::write(dir.join("sfp.toml"), config).unwrap();
 }
 
@@ -73,8 +78,9 @@ async fn hold_once(http: &reqwest::Client, take: &str, watch: &str, token: &str)
 async fn two_servers_on_one_database_never_grant_a_resource_twice() {
     let db = FreshDatabase::create();
     let (dir_a, dir_b) = (data_dir(), data_dir());
-    write_config(dir_a.path(), &db.url);
-    write_config(dir_b.path(), &db.url);
+    let keys = dir_a.path().join("shared-vault-keys.json");
+    write_config(dir_a.path(), &db.url, &keys);
+    write_config(dir_b.path(), &db.url, &keys);
     let binary = workspace_binary("sfp-server");
     let a = RunningStack::start(&binary, dir_a.path(), &[]);
     let b = RunningStack::start(&binary, dir_b.path(), &[]);

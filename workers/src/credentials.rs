@@ -23,12 +23,14 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 /// Which step attempt asks.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StepIdentity {
     pub task_id: Uuid,
     pub run_id: Uuid,
     pub step_run_id: Uuid,
     pub attempt: i32,
+    /// The step's name in its workflow (a pipeline's step id).
+    pub step: String,
 }
 
 /// A step token that was exchanged; release it when the step ends.
@@ -73,6 +75,7 @@ impl ControlPlane {
             run_id: step.run_id,
             step_run_id: step.step_run_id,
             attempt: step.attempt,
+            step: Some(step.step.clone()),
         };
         let mut tries = 0;
         let issued = loop {

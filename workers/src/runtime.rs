@@ -229,6 +229,7 @@ async fn run_step(
         run_id: Uuid::parse_str(&action.workflow_run_id).unwrap_or_default(),
         step_run_id: task_run,
         attempt: action.retry_count,
+        step: action.task_name.clone(),
     };
     let end = step::execute(&shared.config.tools, &input, identity, &cancel, &reports).await;
     drop(reports);

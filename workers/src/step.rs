@@ -213,7 +213,7 @@ impl Run<'_> {
         } else if let Err(e) = std::fs::create_dir(&work) {
             return failed(format!("could not create the working tree: {e}"), true);
         }
-        if let Err(end) = self.logins(plan, step).await {
+        if let Err(end) = self.logins(plan, &step).await {
             return *end;
         }
         if let Some(registry) = &plan.registry {
@@ -286,7 +286,7 @@ impl Run<'_> {
         )
     }
 
-    async fn logins(&mut self, plan: &StepPlan, step: StepIdentity) -> Result<(), Box<StepEnd>> {
+    async fn logins(&mut self, plan: &StepPlan, step: &StepIdentity) -> Result<(), Box<StepEnd>> {
         let mut aliases = serde_json::Map::new();
         let home = self.dir.home();
         if plan.logins.contains(&OrgLogin::LocalDevHub) {
@@ -313,7 +313,7 @@ impl Run<'_> {
                 )));
             };
             self.progress(9, "fetching the step's org credentials");
-            let (lease, creds) = plane.credentials(&step).await.map_err(|e| failed(e, true))?;
+            let (lease, creds) = plane.credentials(step).await.map_err(|e| failed(e, true))?;
             self.lease = Some(lease);
             for org in &creds.orgs {
                 write_org_login(&home, org)

@@ -16,6 +16,9 @@ pub struct StepTokenRequest {
     pub step_run_id: Uuid,
     /// The engine's retry count of the assignment.
     pub attempt: i32,
+    /// The step's name in its workflow (a pipeline's step id; a task's single step).
+    #[serde(default)]
+    pub step: Option<String>,
 }
 
 /// An org the step will be logged in to, as the step token promises it.

@@ -265,7 +265,7 @@ pub async fn run(
         .trigger_workflow(
             &row.workflow_name,
             &checked.run_input(run_id),
-            json!({"sfpPipelineRun": run_id.to_string()}),
+            json!({ crate::pipelines::RUN_METADATA_KEY: run_id.to_string() }),
             priority,
         )
         .await

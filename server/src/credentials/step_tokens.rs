@@ -105,38 +105,7 @@ impl Credentials {
         worker_token: Uuid,
         req: &StepTokenRequest,
     ) -> Result<StepToken, StepTokenError> {
-        // The task record is the authority: the run must be this task's (run metadata and
-        // input are whatever the engine's caller wrote, and workers can trigger runs).
-        let mut found = None;
-        for wait in [0u64, 200, 400, 800, 1600] {
-            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-            let row: Option<(String, serde_json::Value, bool)> = sqlx::query_as(
-                // A recurring task's runs come from the engine's cron; they are known by
-                // their metadata (checked below) until the follower records them.
-                "SELECT type, data, coalesce(run_id = $2 OR recurring OR EXISTS (SELECT 1 FROM app.task_instance i \
-                   WHERE i.task_id = t.id AND i.run_id = $2), false) AS ours FROM app.task t WHERE id = $1",
-            )
-            .bind(req.task_id)
-            .bind(req.run_id)
-            .fetch_optional(&self.pool)
-            .await?;
-            match row {
-                None => return Err(StepTokenError::UnknownTask(req.task_id)),
-                // (The attempt is the engine's retry count, which also grows when a step is
-                // handed to another worker, so it is not checked against the task's retries.)
-                Some((kind, data, true)) => {
-                    found = Some((kind, data));
-                    break;
-                }
-                // The server records the run right after the engine accepts it: a fast worker
-                // can ask first.
-                Some(_) => continue,
-            }
-        }
-        let Some((kind, data)) = found else {
-            self.log_refusal(worker_token, req.task_id, "step token for a run that is not the task's").await;
-            return Err(StepTokenError::NotRunning(req.step_run_id, "the run is not the task's"));
-        };
+        let (task_type, data, timeout_seconds) = self.owner_step(worker_token, req).await?;
         let link = link.ok_or(StepTokenError::NoEngine)?;
         let running = link
             .step_is_running(req.run_id, req.step_run_id, req.task_id)
@@ -146,14 +115,13 @@ impl Credentials {
             self.log_refusal(worker_token, req.task_id, "step token for a step that is not running").await;
             return Err(StepTokenError::NotRunning(req.step_run_id, "the engine does not report it running"));
         }
-        let task_type: TaskType = kind.parse().map_err(|_| StepTokenError::UnknownTask(req.task_id))?;
         let credentials = planned_logins(task_type, &data);
         let secret: String = rand::rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect();
         let token = format!("{PREFIX}{secret}");
         let expires_at: DateTime<Utc> = Utc::now() + chrono::TimeDelta::seconds(self.step_token_ttl_secs as i64);
         let inserted = sqlx::query(
             "INSERT INTO vault.step_token (id, token_hash, task_id, run_id, step_run_id, attempt, worker_token_id, \
-               credentials, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+               credentials, expires_at, step_timeout_seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (step_run_id, attempt) DO NOTHING",
         )
         .bind(Uuid::now_v7())
@@ -165,6 +133,7 @@ impl Credentials {
         .bind(worker_token)
         .bind(serde_json::to_value(&credentials).expect("logins serialise"))
         .bind(expires_at)
+        .bind(timeout_seconds)
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -172,6 +141,70 @@ impl Credentials {
             return Err(StepTokenError::AlreadyIssued);
         }
         Ok(StepToken { token, expires_at, credentials })
+    }
+
+    /// The step a worker asks for, from the control plane's own records: a task's (its type,
+    /// data and timeout), or a pipeline run's step. The run must be the record's: run
+    /// metadata and input are whatever the engine's caller wrote, and workers can trigger
+    /// runs.
+    async fn owner_step(
+        &self,
+        worker_token: Uuid,
+        req: &StepTokenRequest,
+    ) -> Result<(TaskType, serde_json::Value, i32), StepTokenError> {
+        for wait in [0u64, 200, 400, 800, 1600] {
+            // The server records the run right after the engine accepts it: a fast worker can
+            // ask first.
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            // A recurring task's runs come from the engine's cron; they are known by their
+            // metadata (checked by the engine lookup) until the follower records them.
+            let task: Option<(String, serde_json::Value, i32, bool)> = sqlx::query_as(
+                "SELECT type, data, timeout_seconds, coalesce(run_id = $2 OR recurring OR EXISTS (SELECT 1 \
+                   FROM app.task_instance i WHERE i.task_id = t.id AND i.run_id = $2), false) FROM app.task t WHERE id = $1",
+            )
+            .bind(req.task_id)
+            .bind(req.run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            // (The attempt is the engine's retry count, which also grows when a step is handed
+            // to another worker, so it is not checked against the task's retries.)
+            if let Some((kind, data, timeout, ours)) = task {
+                if !ours {
+                    continue;
+                }
+                let t: TaskType = kind.parse().map_err(|_| StepTokenError::UnknownTask(req.task_id))?;
+                return Ok((t, data, timeout));
+            }
+            let pipeline: Option<(serde_json::Value, bool)> = sqlx::query_as(
+                "SELECT v.definition, coalesce(r.run_id = $2, false) FROM app.pipeline_run r \
+                 JOIN app.pipeline_version v ON v.pipeline_id = r.pipeline_id AND v.version = r.version WHERE r.id = $1",
+            )
+            .bind(req.task_id)
+            .bind(req.run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some((definition, ours)) = pipeline else { return Err(StepTokenError::UnknownTask(req.task_id)) };
+            if !ours {
+                continue;
+            }
+            let step = definition["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| req.step.as_deref().is_some_and(|name| s["id"].as_str() == Some(name)));
+            let Some(step) = step else {
+                return Err(StepTokenError::NotRunning(req.step_run_id, "the pipeline has no such step"));
+            };
+            let t: TaskType = step["type"]
+                .as_str()
+                .and_then(|k| k.parse().ok())
+                .ok_or(StepTokenError::NotRunning(req.step_run_id, "the step is not a task"))?;
+            let timeout =
+                step["timeoutSeconds"].as_u64().unwrap_or_else(|| t.pool().default_timeout().as_secs()) as i32;
+            return Ok((t, step["data"].clone(), timeout));
+        }
+        self.log_refusal(worker_token, req.task_id, "step token for a run that is not the task's").await;
+        Err(StepTokenError::NotRunning(req.step_run_id, "the run is not the task's"))
     }
 
     async fn log_refusal(&self, worker_token: Uuid, task: Uuid, detail: &str) {
@@ -324,8 +357,8 @@ impl Credentials {
     pub async fn release_stale(&self) -> Result<usize, StepTokenError> {
         let stale: Vec<Uuid> = sqlx::query_scalar(
             "SELECT s.id FROM vault.step_token s LEFT JOIN app.task t ON t.id = s.task_id \
-             WHERE s.released_at IS NULL AND (t.id IS NULL OR t.status IN ('completed', 'failed', 'cancelled') \
-               OR s.issued_at + make_interval(secs => coalesce(t.timeout_seconds, 0) + 300) < now()) \
+             WHERE s.released_at IS NULL AND (t.status IN ('completed', 'failed', 'cancelled') \
+               OR s.issued_at + make_interval(secs => s.step_timeout_seconds + 300) < now()) \
              LIMIT 100",
         )
         .fetch_all(&self.pool)

@@ -277,8 +277,8 @@ impl EngineLink {
     }
 
     /// Whether `step_id` is a running step of the run `run_id`, which the control plane
-    /// started for `task_id` (read from the run's metadata, not from the caller).
-    pub async fn step_is_running(&self, run_id: Uuid, step_id: Uuid, task_id: Uuid) -> Result<bool, LinkError> {
+    /// started for `owner` (a task or a pipeline run, as the run's metadata says).
+    pub async fn step_is_running(&self, run_id: Uuid, step_id: Uuid, owner: Uuid) -> Result<bool, LinkError> {
         let response = match self
             .client
             .admin()
@@ -292,7 +292,11 @@ impl EngineLink {
             Err(s) => return Err(s.into()),
         };
         let meta: Value = serde_json::from_slice(&response.additional_metadata).unwrap_or(Value::Null);
-        if meta[TASK_METADATA_KEY].as_str() != Some(task_id.to_string().as_str()) {
+        let owner = owner.to_string();
+        let named = [TASK_METADATA_KEY, crate::pipelines::RUN_METADATA_KEY]
+            .iter()
+            .any(|k| meta[*k].as_str() == Some(owner.as_str()));
+        if !named {
             return Ok(false);
         }
         Ok(response.task_runs.values().any(|t| {

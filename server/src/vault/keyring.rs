@@ -86,8 +86,17 @@ impl Keyring {
         }
         let key = Kek::generate();
         let ring = Keyring { path: path.to_path_buf(), active: key.id.clone(), keys: vec![key] };
-        ring.save()?;
-        Ok(ring)
+        // Never over another server's new file: written aside, then linked into place only
+        // if nothing is there yet (servers of one database share the file).
+        let aside = path.with_extension(format!("new-{}", std::process::id()));
+        Keyring { path: aside.clone(), active: ring.active.clone(), keys: Vec::new() }.write_keys(&ring.keys)?;
+        let linked = std::fs::hard_link(&aside, path);
+        let _ = std::fs::remove_file(&aside);
+        match linked {
+            Ok(()) => Ok(ring),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Keyring::open(path),
+            Err(e) => Err(VaultError::Keys(format!("cannot create the key file {}: {e}", path.display()))),
+        }
     }
 
     pub fn open(path: &Path) -> Result<Keyring, VaultError> {
@@ -117,9 +126,13 @@ impl Keyring {
 
     /// Writes the file atomically (a 0600 temporary file renamed over it).
     pub fn save(&self) -> Result<(), VaultError> {
+        self.write_keys(&self.keys)
+    }
+
+    fn write_keys(&self, keys: &[Kek]) -> Result<(), VaultError> {
         let file = KeyFile {
             active: self.active.clone(),
-            keys: self.keys.iter().map(|k| (k.id.clone(), STANDARD.encode(k.bytes))).collect(),
+            keys: keys.iter().map(|k| (k.id.clone(), STANDARD.encode(k.bytes))).collect(),
         };
         let mut bytes = serde_json::to_vec_pretty(&file).map_err(|e| VaultError::Keys(e.to_string()))?;
         let tmp = self.path.with_extension("json.tmp");
