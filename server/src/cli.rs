@@ -64,6 +64,9 @@ pub enum Command {
         #[command(subcommand)]
         action: SecretsAction,
     },
+    /// Run the built-in `release` pipeline (build, publish, fetch) on a sample sfdx project,
+    /// against the stack running on the data folder, and follow it step by step.
+    Example,
     /// Print the OpenAPI document of the API (the committed copy is server/openapi.json).
     Openapi,
 }
@@ -131,6 +134,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             Ok(status.exit_code())
+        }
+        Command::Example => {
+            telemetry::init_for_command();
+            crate::example::run(&config).await
         }
         Command::Secrets { action: SecretsAction::Rotate { retire } } => {
             telemetry::init_for_command();

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod example;
 pub mod health;
 pub mod integrations;
 pub mod pipelines;

@@ -211,3 +211,22 @@ async fn a_release_pipeline_builds_publishes_and_fetches_back() {
     assert_eq!(entries(&dir.path().join("work")), Vec::<String>::new());
     drop(stack);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_example_runs_the_release_pipeline_on_a_sample_project() {
+    let World { _db, dir, _repos, stack, api: _api, registry: _, user: _, password: _, repository: _ } = world(1).await;
+    for build in ["1", "2"] {
+        let out = std::process::Command::new(workspace_binary("sfp-server"))
+            .args(["example", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "the example failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(&format!("(build {build})")), "{text}");
+        assert!(text.contains(&format!("completed (core 1.0.0-{build}, seed-data 1.0.0-{build})")), "{text}");
+        assert!(text.contains(&format!("release {build} is in the registry")), "{text}");
+    }
+    assert!(dir.path().join("examples/sample-project/releases/release-2.yml").is_file());
+    drop(stack);
+}
