@@ -157,3 +157,51 @@ async fn a_failed_run_replays_from_the_failed_step_only() {
     assert_eq!((status, answer["code"].as_str()), (409, Some("not_replayable")), "{answer}");
     drop(stack);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_pipeline_runs_on_its_cron_until_the_schedule_is_deleted() {
+    let db = FreshDatabase::create();
+    let dir = data_dir();
+    let config = format!(
+        "database_url = \"{}\"\n[workers]\nlong_running = 0\nsfp_bin = \"{}\"\n[registry]\nembedded = false\n",
+        db.url,
+        tool_from_env("SFP_TEST_SFP_BIN").display()
+    );
+    std::fs::write(dir.path().join("sfp.toml"), config).unwrap();
+    let stack = RunningStack::start(&workspace_binary("sfp-server"), dir.path(), &[]);
+    let api = TasksApi::sign_in(&stack.url, dir.path()).await;
+    let yaml = "name: nightly\nsteps:\n  - id: version\n    type: sfp\n    data: {args: [\"--version\"]}\n";
+    assert_eq!(api.post("/pipelines", json!({"yaml": yaml})).await.0, 201);
+    let (status, bad) = api.post("/pipelines/nightly/schedules", json!({"cron": "every night"})).await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["message"].as_str().unwrap().starts_with("cron: "), "{bad}");
+    let (status, missing) = api.post("/pipelines/nope/schedules", json!({"cron": "0 2 * * *"})).await;
+    assert_eq!(status, 404, "{missing}");
+
+    // Every 4 seconds (6 fields: seconds first).
+    let (status, schedule) = api.post("/pipelines/nightly/schedules", json!({"cron": "*/4 * * * * *"})).await;
+    assert_eq!(status, 201, "{schedule}");
+    let id = schedule["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let runs = loop {
+        let (_, listed) = api.get("/pipelines/nightly/schedules").await;
+        let s = &listed["schedules"][0];
+        if s["runs"].as_i64().unwrap_or(0) >= 2 {
+            break s.clone();
+        }
+        assert!(Instant::now() < deadline, "two scheduled runs never started: {listed}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(runs["lastError"].is_null(), "{runs}");
+    let last = runs["lastRunId"].as_str().unwrap().to_string();
+    let done = wait_until(&api, &last, "the scheduled run's end", |b| b["status"] == "completed").await;
+    assert_eq!(done["steps"]["version"]["status"], "completed", "{done}");
+
+    let (status, _) = api.delete(&format!("/pipelines/nightly/schedules/{id}")).await;
+    assert_eq!(status, 204);
+    let (_, listed) = api.get("/pipelines/nightly/schedules").await;
+    assert_eq!(listed["schedules"].as_array().map(Vec::len), Some(0));
+    let (status, _) = api.delete(&format!("/pipelines/nightly/schedules/{id}")).await;
+    assert_eq!(status, 404);
+    drop(stack);
+}

@@ -15,7 +15,8 @@ mod layers;
 pub mod locks;
 pub mod metrics;
 mod paging;
-mod pipelines;
+mod pipeline_schedules;
+pub(crate) mod pipelines;
 mod projects;
 mod salesforce;
 mod tasks;
@@ -87,6 +88,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::approve))
         .routes(routes!(pipelines::reject))
         .routes(routes!(pipelines::replay))
+        .routes(routes!(pipeline_schedules::list, pipeline_schedules::create))
+        .routes(routes!(pipeline_schedules::delete))
         .routes(routes!(salesforce::register))
         .routes(routes!(salesforce::register_sandbox))
         .routes(routes!(salesforce::list))

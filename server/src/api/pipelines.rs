@@ -51,13 +51,13 @@ fn check_project(project: &str) -> ApiResult<()> {
 }
 
 #[derive(sqlx::FromRow)]
-struct Row {
-    id: Uuid,
-    project: String,
-    name: String,
-    version: i32,
-    workflow_name: String,
-    updated_at: DateTime<Utc>,
+pub(crate) struct Row {
+    pub(crate) id: Uuid,
+    pub(crate) project: String,
+    pub(crate) name: String,
+    pub(crate) version: i32,
+    pub(crate) workflow_name: String,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 fn steps_json(p: &Definition) -> Value {
@@ -158,9 +158,9 @@ pub async fn define(
 #[serde(rename_all = "camelCase")]
 pub struct Which {
     #[serde(default)]
-    project: Option<String>,
+    pub(crate) project: Option<String>,
     #[serde(default)]
-    version: Option<i32>,
+    pub(crate) version: Option<i32>,
 }
 
 /// `GET /sfp/api/pipelines`
@@ -182,7 +182,11 @@ pub async fn list(State(state): State<AppState>, Authenticated(caller): Authenti
     Ok(Json(json!({"pipelines": list})))
 }
 
-async fn load(tx: &mut sqlx::PgConnection, name: &str, which: &Which) -> ApiResult<(Row, i32, String, Value)> {
+pub(crate) async fn load(
+    tx: &mut sqlx::PgConnection,
+    name: &str,
+    which: &Which,
+) -> ApiResult<(Row, i32, String, Value)> {
     let project = which.project.clone().unwrap_or_default();
     let row: Row = sqlx::query_as(
         "SELECT id, project, name, version, workflow_name, updated_at FROM app.pipeline WHERE project = $1 AND name = $2",
@@ -242,16 +246,39 @@ pub async fn run(
     let link = state.tasks.link.clone().ok_or_else(|| ApiError::unavailable("this server runs without an engine"))?;
     let mut tx = begin_as(&state.pool, &caller).await?;
     let (row, version, _, definition) = load(&mut tx, &name, &which).await?;
-    let checked: Pipeline = pipeline::from_value(&definition)
-        .and_then(|d| d.check(state.tasks.sources))
+    let (run_id, engine_run) = start_run(&mut tx, &link, state.tasks.sources, &row, version, &definition, None).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"runId": run_id, "engineRunId": engine_run, "pipeline": name, "version": version})),
+    ))
+}
+
+/// Starts a run of `version` of the pipeline `row` inside `tx` (committed by the caller):
+/// the run's row, then the engine run. `created_by` unset: the caller's own user.
+pub(crate) async fn start_run(
+    tx: &mut sqlx::PgConnection,
+    link: &crate::tasks::EngineLink,
+    sources: sfp_workflows::SourcePolicy,
+    row: &Row,
+    version: i32,
+    definition: &Value,
+    created_by: Option<Uuid>,
+) -> ApiResult<(Uuid, Uuid)> {
+    let name = &row.name;
+    let checked: Pipeline = pipeline::from_value(definition)
+        .and_then(|d| d.check(sources))
         .map_err(|e| ApiError::internal(format!("stored pipeline {name} v{version} no longer checks: {e}")))?;
     let run_id = Uuid::now_v7();
-    sqlx::query("INSERT INTO app.pipeline_run (id, pipeline_id, version, created_by) VALUES ($1, $2, $3, auth.uid())")
-        .bind(run_id)
-        .bind(row.id)
-        .bind(version)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO app.pipeline_run (id, pipeline_id, version, created_by) VALUES ($1, $2, $3, coalesce($4, auth.uid()))",
+    )
+    .bind(run_id)
+    .bind(row.id)
+    .bind(version)
+    .bind(created_by)
+    .execute(&mut *tx)
+    .await?;
     let priority =
         checked.definition.priority.as_deref().and_then(Priority::parse).map_or(2, Priority::engine_priority);
     // The workflow name a version was registered under is versioned by the engine; a run of an
@@ -275,11 +302,7 @@ pub async fn run(
         .bind(engine_run)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"runId": run_id, "engineRunId": engine_run, "pipeline": name, "version": version})),
-    ))
+    Ok((run_id, engine_run))
 }
 
 fn status_name(s: RunStatus) -> &'static str {

@@ -130,6 +130,9 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/pipelines/runs/{id}/approve", Access::Roles(OWNER_OR_APP)),
     rule("POST", "/pipelines/runs/{id}/reject", Access::Roles(OWNER_OR_APP)),
     rule("POST", "/pipelines/runs/{id}/replay", Access::Roles(ANYONE)),
+    rule("GET", "/pipelines/{name}/schedules", Access::Roles(ANYONE)),
+    rule("POST", "/pipelines/{name}/schedules", Access::Roles(OWNER_OR_APP)),
+    rule("DELETE", "/pipelines/{name}/schedules/{id}", Access::Roles(OWNER_OR_APP)),
     // Salesforce orgs: everyone sees them; owners and application tokens register and use
     // them (auth URLs only for them, checked again by the handler); owners delete them.
     rule("POST", "/auth/salesforce/register", Access::Roles(OWNER_OR_APP)),

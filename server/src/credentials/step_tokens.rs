@@ -152,6 +152,7 @@ impl Credentials {
         worker_token: Uuid,
         req: &StepTokenRequest,
     ) -> Result<(TaskType, serde_json::Value, i32), StepTokenError> {
+        let mut known = false;
         for wait in [0u64, 200, 400, 800, 1600] {
             // The server records the run right after the engine accepts it: a fast worker can
             // ask first.
@@ -169,6 +170,7 @@ impl Credentials {
             // (The attempt is the engine's retry count, which also grows when a step is handed
             // to another worker, so it is not checked against the task's retries.)
             if let Some((kind, data, timeout, ours)) = task {
+                known = true;
                 if !ours {
                     continue;
                 }
@@ -183,7 +185,9 @@ impl Credentials {
             .bind(req.run_id)
             .fetch_optional(&self.pool)
             .await?;
-            let Some((definition, ours)) = pipeline else { return Err(StepTokenError::UnknownTask(req.task_id)) };
+            // Neither yet: a pipeline run is committed right after the engine accepted it.
+            let Some((definition, ours)) = pipeline else { continue };
+            known = true;
             if !ours {
                 continue;
             }
@@ -202,6 +206,9 @@ impl Credentials {
             let timeout =
                 step["timeoutSeconds"].as_u64().unwrap_or_else(|| t.pool().default_timeout().as_secs()) as i32;
             return Ok((t, step["data"].clone(), timeout));
+        }
+        if !known {
+            return Err(StepTokenError::UnknownTask(req.task_id));
         }
         self.log_refusal(worker_token, req.task_id, "step token for a run that is not the task's").await;
         Err(StepTokenError::NotRunning(req.step_run_id, "the run is not the task's"))

@@ -4,3 +4,5 @@ pub mod approvals;
 
 /// The run metadata key naming the pipeline run an engine run belongs to.
 pub const RUN_METADATA_KEY: &str = "sfpPipelineRun";
+
+pub mod schedules;

@@ -122,6 +122,9 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     let approvals = link.as_ref().map(|l| {
         tokio::spawn(crate::pipelines::approvals::run(l.client().clone(), db.pool.clone(), approvals_stop.clone()))
     });
+    let schedules = link.as_ref().map(|l| {
+        tokio::spawn(crate::pipelines::schedules::run(db.pool.clone(), l.clone(), sources, approvals_stop.clone()))
+    });
     let tasks = Tasks::new(db.pool.clone(), link, sources);
     let tasks_stop = CancellationToken::new();
     let tasks_loop = tokio::spawn(tasks.clone().run(tasks_stop.clone()));
@@ -216,6 +219,9 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     approvals_stop.cancel();
     if let Some(a) = approvals {
         let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
+    }
+    if let Some(s) = schedules {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
     if let Some(r) = registry {
         r.stop().await;
