@@ -475,7 +475,14 @@ async fn worker_routes_take_only_worker_and_step_tokens(pool: PgPool) {
     assert_eq!(status, 204);
     let (status, _) = api.call("POST", "/sfp/api/workers/step-token", &worker, Some(json!({}))).await;
     assert_eq!(status, 401, "a revoked worker token");
-    let kinds: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT actor_kind FROM app.audit_log").fetch_all(&pool).await.unwrap();
+    // The audit log is written in batches, off the request path: wait for it.
+    let mut kinds: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        kinds = sqlx::query_scalar("SELECT DISTINCT actor_kind FROM app.audit_log").fetch_all(&pool).await.unwrap();
+        if kinds.contains(&"worker".to_string()) && kinds.contains(&"step".to_string()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(kinds.contains(&"worker".to_string()) && kinds.contains(&"step".to_string()), "{kinds:?}");
 }
