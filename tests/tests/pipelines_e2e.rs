@@ -159,7 +159,7 @@ async fn a_failed_run_replays_from_the_failed_step_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scheduled_pipeline_runs_on_its_cron_until_the_schedule_is_deleted() {
+async fn pipelines_run_on_a_cron_until_the_schedule_is_deleted_and_on_events() {
     let db = FreshDatabase::create();
     let dir = data_dir();
     let config = format!(
@@ -203,5 +203,28 @@ async fn a_scheduled_pipeline_runs_on_its_cron_until_the_schedule_is_deleted() {
     assert_eq!(listed["schedules"].as_array().map(Vec::len), Some(0));
     let (status, _) = api.delete(&format!("/pipelines/nightly/schedules/{id}")).await;
     assert_eq!(status, 404);
+
+    // An event starts every pipeline that listens to it, and is kept with its runs.
+    let yaml = "name: on-request\non:\n  events: [release.requested]\nsteps:\n  - id: version\n    type: sfp\n    \
+                data: {args: [\"--version\"]}\n";
+    let (status, defined) = api.post("/pipelines", json!({"yaml": yaml})).await;
+    assert_eq!(status, 201, "{defined}");
+    let (status, bad) =
+        api.post("/pipelines", json!({"yaml": yaml.replace("release.requested", "Release Requested")})).await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["message"].as_str().unwrap().starts_with("on.events[0]"), "{bad}");
+    let (status, event) =
+        api.post("/pipeline-events", json!({"key": "release.requested", "payload": {"by": "test"}})).await;
+    assert_eq!(status, 201, "{event}");
+    let runs = event["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{event}");
+    assert_eq!(runs[0]["pipeline"], "on-request");
+    let run = runs[0]["runId"].as_str().unwrap().to_string();
+    let done = wait_until(&api, &run, "the event's run", |b| b["status"] == "completed").await;
+    assert_eq!(done["steps"]["version"]["status"], "completed", "{done}");
+    let (status, none) = api.post("/pipeline-events", json!({"key": "nobody.listens"})).await;
+    assert_eq!((status, none["runs"].as_array().map(Vec::len)), (201, Some(0)), "{none}");
+    let (status, _) = api.post("/pipeline-events", json!({"key": "Bad Key"})).await;
+    assert_eq!(status, 400);
     drop(stack);
 }

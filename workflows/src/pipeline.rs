@@ -82,7 +82,32 @@ pub struct Definition {
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
+    /// What starts a run besides the API: events posted to `/sfp/api/pipelines/events`.
+    #[serde(default, skip_serializing_if = "Triggers::is_empty")]
+    pub on: Triggers,
     pub steps: Vec<Step>,
+}
+
+/// `on: {events: [release.requested]}`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Triggers {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+impl Triggers {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// An event key: 1 to 100 of `a-z 0-9 . _ : -`, starting with a letter or digit.
+pub fn is_event_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 100
+        && key.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._:-".contains(c))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +164,11 @@ impl Definition {
             && !["critical", "normal", "batch"].contains(&p.as_str())
         {
             return Err(error("priority", format!("{p:?} is not critical, normal or batch")));
+        }
+        for (i, key) in self.on.events.iter().enumerate() {
+            if !is_event_key(key) {
+                return Err(error(format!("on.events[{i}]"), "1 to 100 of a-z, 0-9, '.', '_', ':' or '-'"));
+            }
         }
         if self.steps.is_empty() || self.steps.len() > MAX_STEPS {
             return Err(error("steps", format!("1 to {MAX_STEPS} steps")));

@@ -15,7 +15,7 @@ mod layers;
 pub mod locks;
 pub mod metrics;
 mod paging;
-mod pipeline_schedules;
+mod pipeline_triggers;
 pub(crate) mod pipelines;
 mod projects;
 mod salesforce;
@@ -88,8 +88,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pipelines::approve))
         .routes(routes!(pipelines::reject))
         .routes(routes!(pipelines::replay))
-        .routes(routes!(pipeline_schedules::list, pipeline_schedules::create))
-        .routes(routes!(pipeline_schedules::delete))
+        .routes(routes!(pipeline_triggers::list, pipeline_triggers::create))
+        .routes(routes!(pipeline_triggers::delete))
+        .routes(routes!(pipeline_triggers::event))
         .routes(routes!(salesforce::register))
         .routes(routes!(salesforce::register_sandbox))
         .routes(routes!(salesforce::list))

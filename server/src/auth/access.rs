@@ -133,6 +133,8 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/pipelines/{name}/schedules", Access::Roles(ANYONE)),
     rule("POST", "/pipelines/{name}/schedules", Access::Roles(OWNER_OR_APP)),
     rule("DELETE", "/pipelines/{name}/schedules/{id}", Access::Roles(OWNER_OR_APP)),
+    // Whoever may start a run may post an event that starts runs.
+    rule("POST", "/pipeline-events", Access::Roles(ANYONE)),
     // Salesforce orgs: everyone sees them; owners and application tokens register and use
     // them (auth URLs only for them, checked again by the handler); owners delete them.
     rule("POST", "/auth/salesforce/register", Access::Roles(OWNER_OR_APP)),

@@ -1,5 +1,7 @@
-//! `/sfp/api/pipelines/{name}/schedules`: runs of a pipeline's latest version on a cron
-//! expression (UTC, 5 or 6 fields). Owners and application tokens manage them.
+//! What starts pipelines besides `POST /pipelines/{name}/runs`: schedules
+//! (`/sfp/api/pipelines/{name}/schedules`, a cron expression in UTC, managed by owners and
+//! application tokens) and events (`POST /sfp/api/pipeline-events`, which runs every
+//! pipeline whose latest version lists the event's key under `on.events`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -123,4 +125,75 @@ pub async fn delete(
         return Err(ApiError::not_found(format!("pipeline {name:?} has no schedule {id}")));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvent {
+    /// e.g. `release.requested`
+    key: String,
+    /// Kept with the event (at most 64 KiB).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    payload: Option<Value>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Listener {
+    id: Uuid,
+    project: String,
+    name: String,
+}
+
+/// `POST /sfp/api/pipeline-events`: starts a run of every pipeline whose latest version is
+/// `on: {events: [key]}`. The event and its runs commit together: a 201 means every run
+/// started, an error means none did.
+#[utoipa::path(post, path = "/pipeline-events", tag = "pipelines", security(("bearer" = [])),
+    request_body = NewEvent, responses(
+    (status = 201, description = "`{eventId, key, runs: [{pipeline, project, runId}]}`", body = Object),
+    (status = 400, description = "A bad key or payload", body = ErrorBody),
+    (status = 503, description = "The engine cannot be reached; nothing started", body = ErrorBody),
+))]
+pub async fn event(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiJson(body): ApiJson<NewEvent>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !sfp_workflows::pipeline::is_event_key(&body.key) {
+        return Err(ApiError::bad_request("key: 1 to 100 of a-z, 0-9, '.', '_', ':' or '-'"));
+    }
+    let payload = body.payload.unwrap_or_else(|| json!({}));
+    if payload.to_string().len() > 64 * 1024 {
+        return Err(ApiError::bad_request("payload: at most 64 KiB"));
+    }
+    let link = state.tasks.link.clone().ok_or_else(|| ApiError::unavailable("this server runs without an engine"))?;
+    let mut tx = begin_as(&state.pool, &caller).await?;
+    let listeners: Vec<Listener> = sqlx::query_as(
+        "SELECT p.id, p.project, p.name FROM app.pipeline p \
+         JOIN app.pipeline_version v ON v.pipeline_id = p.id AND v.version = p.version \
+         WHERE coalesce(v.definition -> 'on' -> 'events', '[]') ? $1 ORDER BY p.project, p.name",
+    )
+    .bind(&body.key)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut runs = Vec::new();
+    for l in &listeners {
+        let which = Which { project: Some(l.project.clone()), version: None };
+        let (row, version, _, definition) = load(&mut tx, &l.name, &which).await?;
+        let (run, _) =
+            super::pipelines::start_run(&mut tx, &link, state.tasks.sources, &row, version, &definition, None).await?;
+        runs.push(json!({"pipeline": l.name, "project": l.project, "pipelineId": l.id, "runId": run}));
+    }
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO app.pipeline_event (id, key, payload, runs, created_by) VALUES ($1, $2, $3, $4, auth.uid())",
+    )
+    .bind(id)
+    .bind(&body.key)
+    .bind(&payload)
+    .bind(Value::Array(runs.clone()))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(json!({"eventId": id, "key": body.key, "runs": runs}))))
 }
