@@ -102,6 +102,7 @@ impl RunningStack {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.stdout.push(line);
         }
+        archive_logs(&self.data_dir, &self.stdout);
         StackOutput { status, stdout: std::mem::take(&mut self.stdout) }
     }
 }
@@ -112,6 +113,40 @@ impl Drop for RunningStack {
         if let Some(mut child) = self.child.take() {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
             let _ = child.wait();
+            while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                self.stdout.push(line);
+            }
+            archive_logs(&self.data_dir, &self.stdout);
+        }
+    }
+}
+
+/// Keeps what a stack wrote (its stdout, `<data dir>/logs/*`, and `*.log` files a test put
+/// in the data folder) in `$SFP_TEST_LOG_DIR`, when set: scripts/test searches everything
+/// the whole test run wrote for the test stand-ins' secrets once all tests are done.
+pub fn archive_logs(data_dir: &Path, stdout: &[String]) {
+    let Ok(target) = std::env::var("SFP_TEST_LOG_DIR") else { return };
+    let target = PathBuf::from(target).join(format!(
+        "{}-{}",
+        data_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    if std::fs::create_dir_all(&target).is_err() {
+        return;
+    }
+    let _ = std::fs::write(target.join("stdout.log"), stdout.join("\n"));
+    for dir in [data_dir.to_path_buf(), data_dir.join("logs")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_file() && path.extension().is_some_and(|e| e == "log") {
+                let name = format!(
+                    "{}-{}",
+                    dir.file_name().unwrap_or_default().to_string_lossy(),
+                    entry.file_name().to_string_lossy()
+                );
+                let _ = std::fs::copy(&path, target.join(name));
+            }
         }
     }
 }

@@ -46,8 +46,20 @@ impl TestApi {
 
     /// The API with a whole configuration (Salesforce and GitHub base URLs, vault settings).
     pub async fn spawn_full(pool: PgPool, full: sfp_server::config::Config) -> TestApi {
-        // Server logs show in a failing test's output.
-        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+        // Server logs go where scripts/test searches the whole run for leaked secrets, or else
+        // show in a failing test's output.
+        match std::env::var("SFP_TEST_LOG_DIR") {
+            Ok(dir) if std::fs::create_dir_all(&dir).is_ok() => {
+                let path = std::path::Path::new(&dir).join(format!("server-it-{}.log", std::process::id()));
+                if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                    let writer = std::sync::Mutex::new(file);
+                    let _ = tracing_subscriber::fmt().json().with_writer(writer).with_env_filter("info").try_init();
+                }
+            }
+            _ => {
+                let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+            }
+        }
         // Servers of one database share its key file, as a real deployment does (a file
         // left by an earlier run's database of the same name is harmless: the database is new).
         let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.unwrap();

@@ -9,7 +9,9 @@ pub mod salesforce;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-/// Random token text with a recognisable prefix, so a grep of logs finds any leak.
+/// Random token text with a recognisable prefix, so a grep of logs finds any leak. The
+/// prefixes the stand-ins use are listed in `tests/leak-markers.txt`, which scripts/test
+/// searches everything the test run wrote for.
 pub fn token(prefix: &str, len: usize) -> String {
     let tail: String = rand::rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect();
     format!("{prefix}{tail}")
