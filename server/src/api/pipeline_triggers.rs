@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
-use super::pipelines::{Which, load};
+use super::pipelines::{Row, Which, load, start_run};
 use crate::auth::access::Authenticated;
 use crate::auth::rls::begin_as;
 use crate::pipelines::schedules::next_after;
@@ -138,11 +138,12 @@ pub struct NewEvent {
     payload: Option<Value>,
 }
 
+/// A pipeline whose latest version listens to the event, with that version's definition.
 #[derive(sqlx::FromRow)]
 struct Listener {
-    id: Uuid,
-    project: String,
-    name: String,
+    #[sqlx(flatten)]
+    pipeline: Row,
+    definition: Value,
 }
 
 /// `POST /sfp/api/pipeline-events`: starts a run of every pipeline whose latest version is
@@ -169,7 +170,7 @@ pub async fn event(
     let link = state.tasks.link.clone().ok_or_else(|| ApiError::unavailable("this server runs without an engine"))?;
     let mut tx = begin_as(&state.pool, &caller).await?;
     let listeners: Vec<Listener> = sqlx::query_as(
-        "SELECT p.id, p.project, p.name FROM app.pipeline p \
+        "SELECT p.id, p.project, p.name, p.version, p.workflow_name, p.updated_at, v.definition FROM app.pipeline p \
          JOIN app.pipeline_version v ON v.pipeline_id = p.id AND v.version = p.version \
          WHERE coalesce(v.definition -> 'on' -> 'events', '[]') ? $1 ORDER BY p.project, p.name",
     )
@@ -177,12 +178,9 @@ pub async fn event(
     .fetch_all(&mut *tx)
     .await?;
     let mut runs = Vec::new();
-    for l in &listeners {
-        let which = Which { project: Some(l.project.clone()), version: None };
-        let (row, version, _, definition) = load(&mut tx, &l.name, &which).await?;
-        let (run, _) =
-            super::pipelines::start_run(&mut tx, &link, state.tasks.sources, &row, version, &definition, None).await?;
-        runs.push(json!({"pipeline": l.name, "project": l.project, "pipelineId": l.id, "runId": run}));
+    for Listener { pipeline: p, definition } in &listeners {
+        let (run, _) = start_run(&mut tx, &link, state.tasks.sources, p, p.version, definition, None).await?;
+        runs.push(json!({"pipeline": p.name, "project": p.project, "pipelineId": p.id, "runId": run}));
     }
     let id = Uuid::now_v7();
     sqlx::query(

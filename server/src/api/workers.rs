@@ -28,10 +28,7 @@ fn step_error(e: StepTokenError) -> ApiError {
         StepTokenError::Released => ApiError::new(StatusCode::UNAUTHORIZED, "step_token_released", e.to_string()),
         StepTokenError::NoEngine => ApiError::unavailable(e.to_string()),
         StepTokenError::Engine(m) => {
-            let mut err = ApiError::unavailable("the engine could not confirm the step; try again");
-            tracing::warn!(error = %m, "step token: the engine could not be asked");
-            err = err.with_cause(m);
-            err
+            ApiError::unavailable("the engine could not confirm the step; try again").with_cause(m)
         }
         StepTokenError::Org(e) => org_error(e),
         StepTokenError::Vault(e) => ApiError::internal(e),

@@ -215,7 +215,6 @@ impl Credentials {
     }
 
     async fn log_refusal(&self, worker_token: Uuid, task: Uuid, detail: &str) {
-        let Ok(mut conn) = self.pool.acquire().await else { return };
         let entry = Access {
             actor_kind: "worker",
             actor_id: Some(worker_token),
@@ -225,9 +224,7 @@ impl Credentials {
             outcome: "refused",
             detail: Some(detail.into()),
         };
-        if let Err(e) = self.vault.audit(&mut conn, entry).await {
-            tracing::error!(error = %e, "a refused credential request was not written to the access log");
-        }
+        self.vault.audit_detached(&self.pool, entry).await;
     }
 
     /// Exchanges a step token, once, for fresh sessions of the step's orgs.

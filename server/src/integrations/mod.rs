@@ -65,6 +65,13 @@ pub enum IntegrationError {
     Database(#[from] sqlx::Error),
 }
 
+#[derive(sqlx::FromRow)]
+struct WithSecret {
+    #[sqlx(flatten)]
+    integration: Integration,
+    secret_id: Uuid,
+}
+
 const COLUMNS: &str =
     "id, provider, auth_type, is_global, projects, config, fields, created_by, created_at, updated_at";
 
@@ -158,27 +165,18 @@ impl Integrations {
         auth_type: Option<&str>,
         project: Option<&str>,
     ) -> Result<Vec<(Integration, Uuid)>, IntegrationError> {
-        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
-            "SELECT id, secret_id FROM app.integration \
+        let rows: Vec<WithSecret> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, secret_id FROM app.integration \
              WHERE provider = $1 AND ($2::text IS NULL OR auth_type = $2) \
                AND ($3::text IS NULL OR is_global OR $3 = ANY (projects)) \
-             ORDER BY ($3::text IS NOT NULL AND $3 = ANY (projects)) DESC, created_at DESC",
-        )
+             ORDER BY ($3::text IS NOT NULL AND $3 = ANY (projects)) DESC, created_at DESC"
+        )))
         .bind(provider)
         .bind(auth_type)
         .bind(project)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::new();
-        for (id, secret) in rows {
-            let i: Integration =
-                sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM app.integration WHERE id = $1")))
-                    .bind(id)
-                    .fetch_one(&self.pool)
-                    .await?;
-            out.push((i, secret));
-        }
-        Ok(out)
+        Ok(rows.into_iter().map(|r| (r.integration, r.secret_id)).collect())
     }
 
     /// Decrypted credentials of a provider (for a project); every call is audited.

@@ -54,6 +54,13 @@ struct OrgSecret {
     refresh_token: String,
 }
 
+impl OrgSecret {
+    /// The same connected app with another refresh token (rotation, a sandbox's sign-in).
+    fn with_refresh_token(&self, refresh_token: String) -> OrgSecret {
+        OrgSecret { client_id: self.client_id.clone(), client_secret: self.client_secret.clone(), refresh_token }
+    }
+}
+
 impl Drop for OrgSecret {
     fn drop(&mut self) {
         self.client_secret.zeroize();
@@ -171,7 +178,7 @@ impl Orgs {
         {
             return Err(OrgError::Invalid("sandboxName must be 1 to 10 letters or digits".into()));
         }
-        let (parent, secret) = self.secret_of(production).await?;
+        let (parent, _, secret) = self.secret_of(production).await?;
         if parent.org_type != "production" {
             return Err(OrgError::Invalid(format!("{production:?} is not a production org")));
         }
@@ -190,12 +197,7 @@ impl Orgs {
                 "the sandbox grant returned no refresh token (the connected app needs the refresh_token scope)".into(),
             )));
         };
-        let sandbox_secret = OrgSecret {
-            client_id: secret.client_id.clone(),
-            client_secret: secret.client_secret.clone(),
-            refresh_token,
-        };
-        let _ = &auth.instance_url;
+        let sandbox_secret = secret.with_refresh_token(refresh_token);
         self.store(
             &token,
             &auth.login_url,
@@ -296,7 +298,6 @@ impl Orgs {
         .bind(actor.id)
         .fetch_one(&mut *tx)
         .await?;
-        let _ = &org.id;
         self.vault
             .audit(
                 &mut tx,
@@ -335,7 +336,8 @@ impl Orgs {
             .ok_or_else(|| OrgError::NotFound(username.to_string()))
     }
 
-    async fn secret_of(&self, username: &str) -> Result<(SalesforceOrg, OrgSecret), OrgError> {
+    /// The org, the id of its vault secret, and the secret.
+    async fn secret_of(&self, username: &str) -> Result<(SalesforceOrg, Uuid, OrgSecret), OrgError> {
         let org = self.get(username).await?;
         let mut conn = self.pool.acquire().await?;
         let secret_id: Uuid = sqlx::query_scalar("SELECT secret_id FROM app.salesforce_org WHERE username = $1")
@@ -343,7 +345,7 @@ impl Orgs {
             .fetch_one(&mut *conn)
             .await?;
         let secret: OrgSecret = self.vault.read_json(&mut conn, secret_id).await?;
-        Ok((org, secret))
+        Ok((org, secret_id, secret))
     }
 
     async fn log(
@@ -355,7 +357,6 @@ impl Orgs {
         outcome: &str,
         detail: Option<String>,
     ) {
-        let Ok(mut conn) = self.pool.acquire().await else { return };
         let entry = Access {
             actor_kind: actor.kind,
             actor_id: actor.id,
@@ -365,14 +366,12 @@ impl Orgs {
             outcome,
             detail,
         };
-        if let Err(e) = self.vault.audit(&mut conn, entry).await {
-            tracing::error!(error = %e, "a credential access was not written to the access log");
-        }
+        self.vault.audit_detached(&self.pool, entry).await;
     }
 
     /// The org's auth URL (owners and application tokens asking for it); audited.
     pub async fn auth_url(&self, username: &str, actor: Actor<'_>) -> Result<SecretString, OrgError> {
-        let (org, secret) = self.secret_of(username).await?;
+        let (org, _, secret) = self.secret_of(username).await?;
         self.log(actor, username, "auth-url", None, "granted", None).await;
         let host = auth_url::host_of(&org.login_url).to_string();
         Ok(SecretString::new(auth_url::format_url(
@@ -391,7 +390,7 @@ impl Orgs {
         purpose: &str,
         task: Option<Uuid>,
     ) -> Result<OrgSession, OrgError> {
-        let (org, secret) = match self.secret_of(username).await {
+        let (org, secret_id, secret) = match self.secret_of(username).await {
             Ok(found) => found,
             Err(e) => {
                 self.log(actor, username, purpose, task, "refused", Some(e.to_string())).await;
@@ -413,17 +412,9 @@ impl Orgs {
             && rotated.expose() != &secret.refresh_token
         {
             // Refresh-token rotation: keep the new one.
-            let kept = OrgSecret {
-                client_id: secret.client_id.clone(),
-                client_secret: secret.client_secret.clone(),
-                refresh_token: rotated.expose().clone(),
-            };
+            let kept = secret.with_refresh_token(rotated.expose().clone());
             let mut conn = self.pool.acquire().await?;
-            let id: Uuid = sqlx::query_scalar("SELECT secret_id FROM app.salesforce_org WHERE username = $1")
-                .bind(&org.username)
-                .fetch_one(&mut *conn)
-                .await?;
-            self.vault.replace_json(&mut conn, id, &kept).await?;
+            self.vault.replace_json(&mut conn, secret_id, &kept).await?;
         }
         sqlx::query("UPDATE app.salesforce_org SET last_connected_at = now() WHERE username = $1")
             .bind(&org.username)
@@ -480,7 +471,7 @@ impl Orgs {
     /// Deletes the org and revokes its refresh token at Salesforce (best effort: the org
     /// is forgotten even when Salesforce cannot be reached).
     pub async fn delete(&self, username: &str, actor: Actor<'_>) -> Result<bool, OrgError> {
-        let (org, secret) = self.secret_of(username).await?;
+        let (org, _, secret) = self.secret_of(username).await?;
         let revoked = match self.client.revoke(&org.login_url, &secret.refresh_token).await {
             Ok(()) => true,
             Err(e) => {

@@ -187,6 +187,18 @@ impl Vault {
         Ok(())
     }
 
+    /// Appends to the credential access log outside any transaction of the caller's; a failure
+    /// is logged, not returned (the access it records has been decided already).
+    pub async fn audit_detached(&self, pool: &PgPool, access: Access<'_>) {
+        let written = match pool.acquire().await {
+            Ok(mut conn) => self.audit(&mut conn, access).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = written {
+            tracing::error!(error = %e, "a credential access was not written to the access log");
+        }
+    }
+
     /// Appends to the credential access log.
     pub async fn audit(&self, conn: &mut PgConnection, access: Access<'_>) -> Result<(), VaultError> {
         sqlx::query(
