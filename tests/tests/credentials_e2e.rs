@@ -329,7 +329,16 @@ async fn steps_get_their_orgs_credentials_just_in_time_and_nothing_leaks() {
         assert!(sf.revoked().contains(token), "revoked when the pipeline step ended");
     }
 
-    // 3. The keys rotate while the server runs; every org stays usable.
+    // 3. Rotation needs the instance's key file; without one it says so.
+    let elsewhere = data_dir();
+    let refused = Command::new(workspace_binary("sfp-server"))
+        .args(["secrets", "rotate", "--data-dir"])
+        .arg(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no key file at"), "{refused:?}");
+    // The keys rotate while the server runs; every org stays usable.
     let rotated = Command::new(workspace_binary("sfp-server"))
         .args(["secrets", "rotate", "--retire", "--data-dir"])
         .arg(dir.path())

@@ -226,5 +226,9 @@ async fn pipelines_run_on_a_cron_until_the_schedule_is_deleted_and_on_events() {
     assert_eq!((status, none["runs"].as_array().map(Vec::len)), (201, Some(0)), "{none}");
     let (status, _) = api.post("/pipeline-events", json!({"key": "Bad Key"})).await;
     assert_eq!(status, 400);
+    let big = "x".repeat(70 * 1024);
+    let (status, body) =
+        api.post("/pipeline-events", json!({"key": "release.requested", "payload": {"big": big}})).await;
+    assert_eq!((status, body["message"].as_str()), (400, Some("payload: at most 64 KiB")), "nothing started for it");
     drop(stack);
 }

@@ -214,6 +214,17 @@ async fn a_release_pipeline_builds_publishes_and_fetches_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_built_in_example_runs_the_release_pipeline_on_a_sample_project() {
+    // Without a running stack it says so and starts nothing.
+    let empty = data_dir();
+    let out = std::process::Command::new(workspace_binary("sfp-server"))
+        .args(["example", "--data-dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no sfp-server is running on"), "{said}");
+    assert!(!empty.path().join("examples").exists(), "nothing was made");
     let World { _db, dir, _repos, stack, api: _api, registry: _, user: _, password: _, repository: _ } = world(1).await;
     for build in ["1", "2"] {
         let out = std::process::Command::new(workspace_binary("sfp-server"))

@@ -306,6 +306,24 @@ async fn orgs_are_validated_stored_encrypted_and_shown_by_role(pool: PgPool) {
         )
         .await;
     assert_eq!((status, body["code"].as_str()), (400, Some("connection_failed")), "{body}");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/sfp/api/auth/salesforce/register-sandbox-by-name",
+            &owner,
+            Some(json!({"productionUsername": "release@acme.com", "sandboxName": "../uat"})),
+        )
+        .await;
+    assert_eq!((status, body["message"].as_str()), (400, Some("sandboxName must be 1 to 10 letters or digits")));
+    let (status, _) = api
+        .call(
+            "POST",
+            "/sfp/api/auth/salesforce/register-sandbox-by-name",
+            &owner,
+            Some(json!({"productionUsername": "nobody@acme.com", "sandboxName": "uat"})),
+        )
+        .await;
+    assert_eq!(status, 404, "the production org must be registered");
 
     // One default DevHub: registering another default moves it there.
     let hub = Org::new("hub@acme.com", false);
@@ -457,6 +475,16 @@ async fn worker_routes_take_only_worker_and_step_tokens(pool: PgPool) {
     let body = json!({"taskId": uuid::Uuid::new_v4(), "runId": uuid::Uuid::new_v4(), "stepRunId": uuid::Uuid::new_v4(), "attempt": 0});
     let (status, _) = api.call("POST", "/sfp/api/workers/step-token", &owner, Some(body.clone())).await;
     assert_eq!(status, 401, "a user's token is not a worker token");
+    for bad in [
+        json!({"name": "", "expiresIn": 7}),
+        json!({"name": "remote", "expiresIn": 0}),
+        json!({"name": "remote", "expiresIn": 366}),
+    ] {
+        let (status, answer) = api.call("POST", "/sfp/api/worker-tokens", &owner, Some(bad)).await;
+        assert_eq!((status, answer["code"].as_str()), (400, Some("bad_request")), "{answer}");
+    }
+    let (status, answer) = api.call("POST", "/sfp/api/worker-tokens", &owner, Some(json!({"name": "remote"}))).await;
+    assert_eq!(status, 422, "expiresIn is required: {answer}");
     let (status, created) =
         api.call("POST", "/sfp/api/worker-tokens", &owner, Some(json!({"name": "remote", "expiresIn": 7}))).await;
     assert_eq!(status, 201);
