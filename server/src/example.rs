@@ -76,7 +76,8 @@ pub fn release_pipeline(repository: &str, registry: &str, build: u32) -> String 
          steps:\n\
          \x20 - id: build\n    type: build\n    data: {{repository: \"{repository}\", buildNumber: {build}}}\n\
          \x20 - id: publish\n    type: publish\n    needs: [build]\n    retries: 1\n\
-         \x20   data: {{repository: \"{repository}\", buildNumber: {build}, registry: {{url: \"{registry}\", scope: sample}}}}\n\
+         \x20   data: {{repository: \"{repository}\", buildNumber: {build}, packages: \"${{{{ steps.build.artifacts.*.name }}}}\", \
+         registry: {{url: \"{registry}\", scope: sample}}}}\n\
          \x20 - id: fetch\n    type: fetch-artifacts\n    needs: [publish]\n\
          \x20   data: {{repository: \"{repository}\", releaseDefinitions: [releases/release-{build}.yml], \
          registry: {{url: \"{registry}\", scope: sample}}}}\n"
@@ -187,5 +188,20 @@ pub async fn run(config: &Config) -> anyhow::Result<i32> {
             }
             _ => tokio::time::sleep(Duration::from_secs(1)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sfp_workflows::pipeline::{StepKind, parse_yaml};
+
+    #[test]
+    fn the_release_pipeline_is_valid_and_publishes_what_was_built() {
+        let yaml = super::release_pipeline("https://example.com/sample.git", "http://127.0.0.1:4873/", 3);
+        let pipeline = parse_yaml(&yaml).unwrap().check(sfp_workflows::SourcePolicy::default()).unwrap();
+        let StepKind::Task { template: Some(template), .. } = &pipeline.kinds[1] else {
+            panic!("the publish step takes its packages from the build: {:?}", pipeline.kinds[1])
+        };
+        assert_eq!(template["packages"], "${{ steps.build.artifacts.*.name }}");
     }
 }

@@ -68,8 +68,17 @@ async fn an_approval_gate_waits_without_a_slot_across_a_restart() {
     assert_eq!(status, 400, "{bad}");
     assert!(bad["message"].as_str().unwrap().starts_with("steps[1].timeoutSeconds"), "{bad}");
 
+    // A second gate with a short timeout: it must time out at the deadline set when it first
+    // waited, although the restart below hands it to another server process.
+    let short = yaml.replace("name: gated", "name: gated-short").replace("timeoutSeconds: 600", "timeoutSeconds: 45");
+    let (status, defined) = api.post("/pipelines", json!({"yaml": short})).await;
+    assert_eq!(status, 201, "{defined}");
+    let (_, started) = api.post("/pipelines/gated-short/runs", json!({})).await;
+    let short_run = started["runId"].as_str().unwrap().to_string();
+
     let (_, started) = api.post("/pipelines/gated/runs", json!({})).await;
     let run = started["runId"].as_str().unwrap().to_string();
+    wait_until(&api, &short_run, "the short gate", waiting).await;
     let at_gate = wait_until(&api, &run, "the gate", waiting).await;
     assert_eq!(at_gate["steps"]["build"]["status"], "completed", "{at_gate}");
     assert_eq!(at_gate["steps"]["after"]["status"], "pending", "{at_gate}");
@@ -92,6 +101,16 @@ async fn an_approval_gate_waits_without_a_slot_across_a_restart() {
     assert_eq!(done["steps"]["after"]["status"], "completed", "{done}");
     let (status, again) = api.post(&format!("/pipelines/runs/{run}/approve"), json!({})).await;
     assert_eq!((status, again["code"].as_str()), (409, Some("nothing_to_decide")), "{again}");
+
+    // Nobody decided the short gate: it failed at its first deadline, from the server's own
+    // record (the engine's timeout, restarted with the reassignment, would come later).
+    let timed_out = wait_until(&api, &short_run, "the short gate's timeout", |b| b["status"] == "failed").await;
+    assert_eq!(timed_out["steps"]["gate"]["approval"]["status"], "expired", "{timed_out}");
+    let error = timed_out["steps"]["gate"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no decision before the approval's timeout"), "{timed_out}");
+    assert_ne!(timed_out["steps"]["after"]["status"], "completed", "{timed_out}");
+    let (status, late) = api.post(&format!("/pipelines/runs/{short_run}/approve"), json!({})).await;
+    assert_eq!((status, late["code"].as_str()), (409, Some("nothing_to_decide")), "{late}");
 
     // A rejection fails the run there; the step after it never runs.
     let (_, started) = api.post("/pipelines/gated/runs", json!({})).await;

@@ -150,7 +150,8 @@ async fn a_release_pipeline_builds_publishes_and_fetches_back() {
         "name: release\npriority: critical\nsteps:\n\
          \x20 - id: build\n    type: build\n    data: {{repository: \"{repository}\", buildNumber: 4}}\n\
          \x20 - id: publish\n    type: publish\n    needs: [build]\n    retries: 1\n\
-         \x20   data: {{repository: \"{repository}\", buildNumber: 4, registry: {{url: \"{registry}\", scope: sfp}}}}\n\
+         \x20   data: {{repository: \"{repository}\", buildNumber: 4, packages: \"${{{{ steps.build.artifacts.*.name }}}}\", \
+         registry: {{url: \"{registry}\", scope: sfp}}}}\n\
          \x20 - id: fetch\n    type: fetch-artifacts\n    needs: [publish]\n\
          \x20   data: {{repository: \"{repository}\", releaseDefinitions: [releases/rel-1.yml], registry: {{url: \"{registry}\", scope: sfp}}}}\n"
     );
@@ -164,6 +165,14 @@ async fn a_release_pipeline_builds_publishes_and_fetches_back() {
             "cycle: build -> fetch -> publish -> build",
         ),
         (yaml.replace("buildNumber: 4}\n", "buildNumber: four}\n"), "steps[0].data.buildNumber"),
+        (
+            yaml.replace("releaseDefinitions: [", "releaseDefinitions: [\"${{ steps.build.artifacts.0.file }}\", "),
+            "steps[2].data.releaseDefinitions[0]: steps.build.artifacts.0.file: \"build\" is not in this step's needs",
+        ),
+        (
+            yaml.replacen("scope: sfp}", "scope: \"${{ steps.build.json.scope }}\"}", 1),
+            "steps[1].data.registry.scope: steps.build.json.scope: orgs, repositories, registries",
+        ),
     ] {
         let (status, answer) = api.post("/pipelines", json!({"yaml": bad})).await;
         assert_eq!(status, 400, "{answer}");
@@ -187,8 +196,18 @@ async fn a_release_pipeline_builds_publishes_and_fetches_back() {
     for step in ["build", "publish", "fetch"] {
         assert_eq!(done["steps"][step]["status"], "completed", "{done}");
     }
-    let built = done["steps"]["build"]["output"]["artifacts"].as_array().expect("build artifacts").len();
-    assert_eq!(built, 2, "{done}");
+    let built: Vec<&str> = done["steps"]["build"]["output"]["artifacts"]
+        .as_array()
+        .expect("build artifacts")
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(built.len(), 2, "{done}");
+    // The publish step built exactly what the build step did: its data took the names from
+    // the build's output.
+    let rebuild = done["steps"]["publish"]["output"]["commands"][0].as_array().expect("publish commands");
+    let only = rebuild.iter().position(|a| a == "--buildOnly").expect("--buildOnly");
+    assert_eq!(rebuild[only + 1], built.join(","), "{done}");
 
     // The artifact is in the registry, and the fetch step got exactly its bytes.
     let http = reqwest::Client::new();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sfp_protocol::client::{ClientConfig, HatchetClient, now};
 use sfp_protocol::pb;
-use sfp_workflows::{Pool, StepInput};
+use sfp_workflows::{Pool, StepInput, references};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -215,7 +215,7 @@ async fn run_step(
     let input = match parse_input(&action.action_payload, &action.task_name) {
         Ok(i) => i,
         Err(e) => {
-            let message = format!("the step input is not a task step input: {e}");
+            let message = format!("cannot start the step: {e}");
             reporter::send_event(client, &attempt, pb::StepActionEventType::StepEventTypeFailed, message, Some(true))
                 .await;
             return;
@@ -257,15 +257,21 @@ async fn run_step(
     }
 }
 
-/// A task's run input is its step input; a pipeline's holds one per step, by step id.
+/// A task's run input is its step input; a pipeline's holds one per step, by step id, and
+/// a pipeline step's data may refer to the outputs of the steps it needs, which the engine
+/// hands over as `parents`.
 fn parse_input(payload: &str, step: &str) -> Result<StepInput, String> {
     let value: serde_json::Value = serde_json::from_str(payload).map_err(|e| e.to_string())?;
+    let parents = value.get("parents").cloned().unwrap_or_default();
     let input = value.get("input").cloned().unwrap_or(value);
     let input = match input.get("steps") {
         Some(steps) => steps.get(step).cloned().ok_or_else(|| format!("the pipeline input has no step {step:?}"))?,
         None => input,
     };
-    serde_json::from_value(input).map_err(|e| e.to_string())
+    let mut input: StepInput = serde_json::from_value(input).map_err(|e| e.to_string())?;
+    input.data = references::substitute(&input.data, &mut |r| references::resolve(r, &parents))
+        .map_err(|(field, message)| format!("data.{field}: {message}"))?;
+    Ok(input)
 }
 
 async fn heartbeats(shared: Shared, worker: watch::Receiver<Uuid>, stop: CancellationToken) {
@@ -349,5 +355,33 @@ async fn pause(shared: &Shared, worker_id: Uuid) {
             tracing::warn!(status = %r.status(), "could not pause the worker; it may get new steps while draining")
         }
         Err(e) => tracing::warn!(error = %e, "could not pause the worker; it may get new steps while draining"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn payload(data: serde_json::Value, parents: serde_json::Value) -> String {
+        let step = json!({"taskId": Uuid::nil(), "type": "publish", "data": data, "timeoutSeconds": 60});
+        json!({"input": {"pipeline": "p", "steps": {"publish": step}}, "parents": parents}).to_string()
+    }
+
+    #[test]
+    fn a_pipeline_step_gets_the_values_its_parents_gave() {
+        let parents =
+            json!({"build": {"artifacts": [{"name": "core"}, {"name": "ui"}], "commands": [], "durationMs": 5}});
+        let data = json!({"packages": "${{ steps.build.artifacts.*.name }}", "buildNumber": 3});
+        let input = parse_input(&payload(data, parents.clone()), "publish").unwrap();
+        assert_eq!(input.data, json!({"packages": ["core", "ui"], "buildNumber": 3}));
+        let e =
+            parse_input(&payload(json!({"branch": "${{ steps.build.json.branch }}"}), parents), "publish").unwrap_err();
+        assert!(e.starts_with("data.branch: steps.build.json.branch: the output has no \"json\""), "{e}");
+        let e = parse_input(&payload(json!({"branch": "${{ steps.build.json.branch }}"}), json!({})), "publish")
+            .unwrap_err();
+        assert!(e.contains("gave this step no output"), "{e}");
+        assert!(parse_input(&payload(json!({}), json!({})), "other").unwrap_err().contains("no step \"other\""));
     }
 }

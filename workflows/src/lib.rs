@@ -8,6 +8,7 @@ pub mod data;
 pub mod definitions;
 pub mod pipeline;
 pub mod plan;
+pub mod references;
 pub mod step;
 pub mod task_type;
 

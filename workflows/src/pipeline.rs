@@ -16,13 +16,18 @@
 //!     needs: [build]
 //!     retries: 1
 //!     timeoutSeconds: 1800
-//!     data: {repository: "...", buildNumber: 7, registry: {url: "http://registry/", scope: org}}
+//!     # only what the build step built: a step's data may use the outputs of steps it needs
+//!     data: {repository: "...", buildNumber: 7, packages: "${{ steps.build.artifacts.*.name }}",
+//!            registry: {url: "http://registry/", scope: org}}
 //!   - id: go-live
 //!     type: approval          # waits for an owner's approve/reject; holds no worker slot
 //!     needs: [publish]
 //!     timeoutSeconds: 86400   # then the run fails (default 1 day, at most 7)
 //!     data: {message: "Release to production?"}
 //! ```
+//!
+//! References (`${{ steps.<id>.<path> }}`) are described in [`crate::references`]: they are
+//! checked when the definition is stored and filled in by the worker when the step starts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -33,6 +38,7 @@ use uuid::Uuid;
 
 use crate::data::{SourcePolicy, TaskData};
 use crate::definitions::{SCHEDULE_TIMEOUT, execution_timeout};
+use crate::references::{self, Shape, Source};
 use crate::step::{MAX_RETRIES, StepInput};
 use crate::task_type::TaskType;
 
@@ -48,11 +54,11 @@ pub const APPROVAL_MAX_TIMEOUT: u64 = 7 * 86_400;
 /// What a step is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepKind {
-    Task(TaskType, TaskData),
+    /// `data` is checked and normalised; `template` is the data as written when it refers to
+    /// earlier steps' outputs (`data` then holds sample values where the references are).
+    Task { task_type: TaskType, data: TaskData, template: Option<Value> },
     /// Waits for an owner's decision; `message` is shown to the approvers.
-    Approval {
-        message: Option<String>,
-    },
+    Approval { message: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -217,10 +223,7 @@ impl Definition {
             }
             let known = format!("{e}, {APPROVAL}", e = s.step_type.parse::<TaskType>().err().unwrap_or_default());
             let t: TaskType = s.step_type.parse().map_err(|_: String| error(format!("steps[{i}].type"), known))?;
-            let d = TaskData::parse(t, &s.data, sources).map_err(|e| {
-                let at = e.field.strip_prefix("data").unwrap_or(&e.field);
-                error(format!("steps[{i}].data{at}"), e.message)
-            })?;
+            let (d, template) = self.step_data(i, t, &ids, sources)?;
             let pool = t.pool();
             if let Some(secs) = s.timeout_seconds
                 && (secs == 0 || secs > pool.max_timeout().as_secs())
@@ -233,12 +236,89 @@ impl Definition {
             if s.retries.is_some_and(|r| r > MAX_RETRIES) {
                 return Err(error(format!("steps[{i}].retries"), format!("at most {MAX_RETRIES}")));
             }
-            kinds.push(StepKind::Task(t, d));
+            kinds.push(StepKind::Task { task_type: t, data: d, template });
         }
         if let Some(cycle) = find_cycle(&self.steps) {
             return Err(error("steps", format!("the steps need each other in a cycle: {}", cycle.join(" -> "))));
         }
         Ok(Pipeline { definition: self, kinds })
+    }
+}
+
+impl Definition {
+    /// A task step's data, checked; with references to earlier steps' outputs, checked with
+    /// a value of each reference's type in place (see [`crate::references`]).
+    fn step_data(
+        &self,
+        i: usize,
+        t: TaskType,
+        ids: &HashMap<&str, usize>,
+        sources: SourcePolicy,
+    ) -> Result<(TaskData, Option<Value>), PipelineError> {
+        let s = &self.steps[i];
+        let at = |field: &str| {
+            format!("steps[{i}].data{}", if field.is_empty() { String::new() } else { format!(".{field}") })
+        };
+        let data_error = |e: crate::DataError| {
+            let rest = e.field.strip_prefix("data").unwrap_or(&e.field);
+            error(format!("steps[{i}].data{rest}"), e.message)
+        };
+        let found = references::find(&s.data).map_err(|(field, message)| error(at(&field), message))?;
+        if found.is_empty() {
+            return TaskData::parse(t, &s.data, sources).map(|d| (d, None)).map_err(data_error);
+        }
+        let mut shapes: HashMap<String, Shape> = HashMap::new();
+        for f in &found {
+            let r = &f.reference;
+            if references::is_fixed(&f.field) {
+                return Err(error(
+                    at(&f.field),
+                    format!(
+                        "{r}: orgs, repositories, registries and sfp arguments are fixed when the pipeline is \
+                         defined and cannot come from a step's output"
+                    ),
+                ));
+            }
+            if !s.needs.contains(&r.step) {
+                return Err(error(
+                    at(&f.field),
+                    format!(
+                        "{r}: {:?} is not in this step's needs; a step sees the outputs of the steps it needs",
+                        r.step
+                    ),
+                ));
+            }
+            let source = match ids.get(r.step.as_str()).map(|j| self.steps[*j].step_type.as_str()) {
+                Some(APPROVAL) => Source::Approval,
+                _ => Source::Task,
+            };
+            let shape = references::shape_of(source, &r.path).map_err(|m| error(at(&f.field), format!("{r}: {m}")))?;
+            if !f.whole && !matches!(shape, Shape::Text | Shape::Number | Shape::Bool | Shape::Any) {
+                return Err(error(
+                    at(&f.field),
+                    format!("{r} gives {}, which cannot be written into a text", shape.describe()),
+                ));
+            }
+            shapes.insert(r.to_string(), shape);
+        }
+        let shape_of = |r: &references::Reference| shapes.get(&r.to_string()).cloned();
+        let mut refused = None;
+        for any in references::any_samples() {
+            let sample = references::with_samples(&s.data, &shape_of, &any);
+            match TaskData::parse(t, &sample, sources) {
+                Ok(d) => return Ok((d, Some(s.data.clone()))),
+                Err(e) => refused = refused.or(Some(e)),
+            }
+        }
+        let e = refused.expect("at least one sample was tried");
+        let field = e.field.strip_prefix("data.").unwrap_or(&e.field).to_string();
+        match found.iter().find(|f| f.field == field || field.starts_with(&format!("{}[", f.field))) {
+            Some(f) => {
+                let shape = shapes.get(&f.reference.to_string()).map(Shape::describe).unwrap_or_default();
+                Err(error(at(&field), format!("{} gives {shape}, which does not fit here: {}", f.reference, e.message)))
+            }
+            None => Err(data_error(e)),
+        }
     }
 }
 
@@ -290,7 +370,7 @@ impl Pipeline {
             .iter()
             .zip(&self.kinds)
             .map(|(s, kind)| match kind {
-                StepKind::Task(t, _) => CreateTaskOpts {
+                StepKind::Task { task_type: t, .. } => CreateTaskOpts {
                     readable_id: s.id.clone(),
                     action: t.action(),
                     timeout: execution_timeout(*t),
@@ -334,10 +414,11 @@ impl Pipeline {
             .zip(&self.kinds)
             .map(|(s, kind)| {
                 let value = match kind {
-                    StepKind::Task(t, d) => serde_json::to_value(StepInput {
+                    StepKind::Task { task_type: t, data, template } => serde_json::to_value(StepInput {
                         task_id: run_id,
                         task_type: *t,
-                        data: serde_json::to_value(d).unwrap_or_default(),
+                        // With references the worker fills them in from the parents' outputs.
+                        data: template.clone().unwrap_or_else(|| serde_json::to_value(data).unwrap_or_default()),
                         timeout_seconds: s.timeout_seconds.unwrap_or_else(|| t.pool().default_timeout().as_secs()),
                         retries: s.retries.unwrap_or(0),
                     })
@@ -419,5 +500,60 @@ steps:
         );
         let e = check(&cyclic).unwrap_err();
         assert!(e.message.contains("cycle: build -> publish -> build"), "{e}");
+    }
+
+    #[test]
+    fn steps_take_inputs_from_the_outputs_of_steps_they_need() {
+        let yaml = GOOD.replace(
+            "data: {repository: \"https://github.com/o/r.git\", buildNumber: 7, registry",
+            "data: {repository: \"https://github.com/o/r.git\", buildNumber: 7, packages: \"${{ steps.build.artifacts.*.name }}\", \
+             branch: \"rel/${{ steps.build.json.version }}\", registry",
+        );
+        let p = check(&yaml).unwrap();
+        let input = p.run_input(Uuid::nil());
+        // The worker gets the data as written, and fills the values in from the parents.
+        assert_eq!(input["steps"]["publish"]["data"]["packages"], "${{ steps.build.artifacts.*.name }}");
+        assert_eq!(input["steps"]["build"]["data"]["branch"], "main", "steps without references are normalised");
+        let StepKind::Task { data: TaskData::Publish(d), .. } = &p.kinds[1] else { panic!("{:?}", p.kinds[1]) };
+        assert_eq!(d.registry.scope, "o", "fixed fields are read from the definition");
+
+        let with =
+            |field: &str| GOOD.replace("buildNumber: 7, registry", &format!("buildNumber: 7, {field}, registry"));
+        let cases = [
+            (
+                with("packages: \"${{ steps.nope.artifacts.*.name }}\""),
+                "steps[1].data.packages",
+                "not in this step's needs",
+            ),
+            (
+                with("packages: \"${{ steps.build.artifacts.*.colour }}\""),
+                "steps[1].data.packages",
+                "it has name, version",
+            ),
+            (
+                with("packages: \"${{ steps.build.durationMs }}\""),
+                "steps[1].data.packages",
+                "gives a number, which does not fit",
+            ),
+            (
+                with("branch: \"x-${{ steps.build.artifacts }}\""),
+                "steps[1].data.branch",
+                "cannot be written into a text",
+            ),
+            (with("branch: \"${{ steps.build.outputTail\""), "steps[1].data.branch", "never closed"),
+            (
+                GOOD.replace("scope: o}", "scope: \"${{ steps.build.json.scope }}\"}"),
+                "steps[1].data.registry.scope",
+                "fixed when the pipeline is defined",
+            ),
+            (with("gitTag: \"${{ steps.build.artifacts.0.name }}\""), "steps[1].data.gitTag", "gives a text"),
+        ];
+        for (yaml, field, message) in cases {
+            let e = check(&yaml).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(message), "{e}");
+        }
+        // Untyped values are accepted wherever one of their possible types fits.
+        check(&with("buildNumber2: 1").replace("buildNumber2: 1", "gitTag: \"${{ steps.build.json.tag }}\"")).unwrap();
     }
 }

@@ -357,7 +357,8 @@ pub async fn run_status(
     }
     let mut tx = begin_as(&state.pool, &caller).await?;
     let gates: Vec<GateRow> = sqlx::query_as(
-        "SELECT step, status, message, comment, expires_at FROM app.pipeline_approval WHERE pipeline_run = $1",
+        "SELECT step, CASE WHEN status = 'waiting' AND expires_at <= now() THEN 'expired' ELSE status END, \
+           message, comment, expires_at FROM app.pipeline_approval WHERE pipeline_run = $1 ORDER BY created_at",
     )
     .bind(id)
     .fetch_all(&mut *tx)

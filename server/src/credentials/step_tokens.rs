@@ -8,6 +8,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 use sfp_workflows::credentials::{OrgCredential, PlannedLogin, StepCredentials, StepToken, StepTokenRequest};
+use sfp_workflows::pipeline::StepKind;
 use sfp_workflows::{OrgLogin, StepPlan, TaskData, TaskType};
 use uuid::Uuid;
 use zeroize::Zeroize;
@@ -95,6 +96,29 @@ pub fn planned_logins(task_type: TaskType, data: &serde_json::Value) -> Vec<Plan
             OrgLogin::LocalDevHub => None,
         })
         .collect()
+}
+
+/// A pipeline step's type, data and timeout, from the stored definition (checked again, so
+/// that data referring to earlier steps' outputs yields its orgs, which are always fixed).
+fn pipeline_step(
+    definition: &serde_json::Value,
+    req: &StepTokenRequest,
+) -> Result<(TaskType, serde_json::Value, i32), StepTokenError> {
+    let not_a_task = || StepTokenError::NotRunning(req.step_run_id, "the pipeline has no such task step");
+    let checked = sfp_workflows::pipeline::from_value(definition)
+        .and_then(|d| d.check(sfp_workflows::SourcePolicy { allow_local: true }))
+        .map_err(|_| not_a_task())?;
+    let at = checked
+        .definition
+        .steps
+        .iter()
+        .position(|s| req.step.as_deref() == Some(s.id.as_str()))
+        .ok_or_else(not_a_task)?;
+    let StepKind::Task { task_type, data, .. } = &checked.kinds[at] else { return Err(not_a_task()) };
+    let timeout = checked.definition.steps[at]
+        .timeout_seconds
+        .unwrap_or_else(|| task_type.pool().default_timeout().as_secs()) as i32;
+    Ok((*task_type, serde_json::to_value(data).unwrap_or_default(), timeout))
 }
 
 impl Credentials {
@@ -191,21 +215,7 @@ impl Credentials {
             if !ours {
                 continue;
             }
-            let step = definition["steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|s| req.step.as_deref().is_some_and(|name| s["id"].as_str() == Some(name)));
-            let Some(step) = step else {
-                return Err(StepTokenError::NotRunning(req.step_run_id, "the pipeline has no such step"));
-            };
-            let t: TaskType = step["type"]
-                .as_str()
-                .and_then(|k| k.parse().ok())
-                .ok_or(StepTokenError::NotRunning(req.step_run_id, "the step is not a task"))?;
-            let timeout =
-                step["timeoutSeconds"].as_u64().unwrap_or_else(|| t.pool().default_timeout().as_secs()) as i32;
-            return Ok((t, step["data"].clone(), timeout));
+            return pipeline_step(&definition, req);
         }
         if !known {
             return Err(StepTokenError::UnknownTask(req.task_id));

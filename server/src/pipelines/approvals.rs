@@ -1,9 +1,10 @@
 //! The approval worker: the control plane registers with the engine as a worker for the
 //! approval action only (many slots, none of any pool's), takes each gate step as it comes
-//! due, records it as waiting, and reports it COMPLETED when an owner approves or FAILED when
-//! one rejects. A decision is a row, so it reaches the step whichever server process holds
-//! it; after a restart the engine hands the waiting step to the new process (heartbeat
-//! timeout), which finds the decision (or the wait) in the database.
+//! due, records it as waiting, and reports it COMPLETED when an owner approves, FAILED when
+//! one rejects, or FAILED when its timeout passes undecided. A decision is a row, so it
+//! reaches the step whichever server process holds it; after a restart the engine hands the
+//! waiting step to the new process (heartbeat timeout), which finds the decision (or the
+//! wait, with its first deadline) in the database.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -137,6 +138,18 @@ async fn take(
 
 async fn decide(client: &HatchetClient, pool: &PgPool, held: &mut HashMap<Uuid, Held>) {
     let ids: Vec<Uuid> = held.keys().copied().collect();
+    // The deadline is the one set when the gate first waited, whichever process holds it now;
+    // the engine's own timeout starts over when the gate is handed to another process.
+    if let Err(e) = sqlx::query(
+        "UPDATE app.pipeline_approval SET status = 'expired', decided_at = now() \
+         WHERE task_run_id = ANY($1) AND status = 'waiting' AND expires_at <= now()",
+    )
+    .bind(&ids)
+    .execute(pool)
+    .await
+    {
+        tracing::warn!(error = %e, "cannot expire approvals; trying again");
+    }
     let decided: Vec<(Uuid, String, Option<String>, Option<String>)> = match sqlx::query_as(
         "SELECT a.task_run_id, a.status, a.comment, u.email FROM app.pipeline_approval a \
          LEFT JOIN auth.users u ON u.id = a.decided_by WHERE a.task_run_id = ANY($1) AND a.status <> 'waiting'",
@@ -155,6 +168,10 @@ async fn decide(client: &HatchetClient, pool: &PgPool, held: &mut HashMap<Uuid, 
         if status == "approved" {
             event.event_type = pb::StepActionEventType::StepEventTypeCompleted as i32;
             event.event_payload = json!({"approved": true, "by": by, "comment": comment}).to_string();
+        } else if status == "expired" {
+            event.event_type = pb::StepActionEventType::StepEventTypeFailed as i32;
+            event.event_payload = "no decision before the approval's timeout".into();
+            event.should_not_retry = Some(true);
         } else {
             event.event_type = pb::StepActionEventType::StepEventTypeFailed as i32;
             event.event_payload = format!(
