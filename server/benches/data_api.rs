@@ -115,6 +115,38 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
+/// CPU seconds (user + system) of a process.
+fn cpu_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) in parentheses: utime is the 12th.
+    let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds so far of the server, of every PostgreSQL process, and of this benchmark.
+fn cpu(server: u32) -> [f64; 3] {
+    let postgres: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(|e| cpu_of(&e.file_name().to_string_lossy()))
+        .sum();
+    [cpu_of(&server.to_string()), postgres, cpu_of("self")]
+}
+
+fn print_cpu(phase: &str, before: [f64; 3], after: [f64; 3], wall: f64) {
+    let share = |i: usize| (after[i] - before[i]) / wall;
+    println!(
+        "cpu during {phase} (cores busy): server {:.2}, postgres {:.2}, benchmark {:.2}",
+        share(0),
+        share(1),
+        share(2)
+    );
+}
+
 fn memory(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or("?").trim().to_owned()
@@ -164,11 +196,14 @@ async fn main() {
     // finds the cap reached is counted as not sent, so an overloaded server shows up as a
     // shortfall instead of an ever-growing client).
     for rate in RATES {
+        let (before, at) = (cpu(pid), Instant::now());
         open_loop(&api, rate).await;
+        print_cpu(&format!("{rate} req/s"), before, cpu(pid), at.elapsed().as_secs_f64());
         println!("server_rss_under_load {} (peak {})", memory(pid, "VmRSS:"), memory(pid, "VmHWM:"));
     }
 
     // 2. Closed loop: as fast as CLIENTS clients go.
+    let before = cpu(pid);
     let started = Instant::now();
     let mut workers = Vec::new();
     for c in 0..CLIENTS {
@@ -189,6 +224,13 @@ async fn main() {
         total += w.await.unwrap();
     }
     println!("closed_loop_req_per_s {:.0} ({CLIENTS} clients, mixed)", total as f64 / started.elapsed().as_secs_f64());
+    print_cpu("the closed loop", before, cpu(pid), started.elapsed().as_secs_f64());
+    // SFP_BENCH_SKIP_QUERY=1: the load figures only (a quicker run while tuning).
+    if std::env::var_os("SFP_BENCH_SKIP_QUERY").is_some() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = server.wait();
+        return;
+    }
 
     // 3. A selective query over 1,000,000 documents.
     let url =

@@ -273,6 +273,9 @@ pub struct AuthConfig {
     pub login_window_secs: u64,
     /// Longest lifetime of an application token, in days.
     pub max_application_token_days: u32,
+    /// How long a request's identity (user, role, session; or application token) is reused
+    /// without asking the database; changes end it at once. 0: never reused.
+    pub identity_cache_secs: u64,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -284,6 +287,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("login_max_failures", &self.login_max_failures)
             .field("login_window_secs", &self.login_window_secs)
             .field("max_application_token_days", &self.max_application_token_days)
+            .field("identity_cache_secs", &self.identity_cache_secs)
             .finish()
     }
 }
@@ -297,6 +301,7 @@ impl Default for AuthConfig {
             login_max_failures: 5,
             login_window_secs: 300,
             max_application_token_days: 365,
+            identity_cache_secs: 5,
         }
     }
 }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
 use super::paging::{
-    check_stored_json, is_plain_name, like_prefix, page_limit, read_as_reader, split_page, writers_only,
+    check_stored_json, is_plain_name, like_prefix, page_limit, read_as_reader, read_one, split_page, writers_only,
 };
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
@@ -147,38 +147,36 @@ pub async fn get(
     Path(path): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<Response> {
+    let view = view(&path);
+    if let (View::Doc(key), None) = (&view, q.version) {
+        // The current document: one statement (the hot path).
+        check_key(key)?;
+        let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM app.doc WHERE key = $2 AND private.user_has_instance_role($1)"
+        )))
+        .bind(caller.user_id)
+        .bind(key);
+        let doc: Doc = read_one(&state.pool, &caller, query)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no document {key:?}")))?;
+        return Ok(with_etag(StatusCode::OK, doc_json(&doc), doc.version));
+    }
     let mut tx = begin_as(&state.pool, &caller).await?;
-    let answer = match view(&path) {
+    let answer = match view {
+        // (Without a version, answered above.)
         View::Doc(key) => {
             check_key(&key)?;
-            match q.version {
-                None => {
-                    let doc: Option<Doc> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM app.doc WHERE key = $1")))
-                            .bind(&key)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let doc = doc.ok_or_else(|| ApiError::not_found(format!("no document {key:?}")))?;
-                    with_etag(StatusCode::OK, doc_json(&doc), doc.version)
-                }
-                Some(version) => {
-                    let row: Option<(Option<Value>, DateTime<Utc>)> =
-                        sqlx::query_as("SELECT value, written_at FROM app.doc_version WHERE key = $1 AND version = $2")
-                            .bind(&key)
-                            .bind(version)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let (value, at) =
-                        row.ok_or_else(|| ApiError::not_found(format!("no version {version} of {key:?}")))?;
-                    let value = value
-                        .ok_or_else(|| ApiError::not_found(format!("version {version} of {key:?} is its deletion")))?;
-                    with_etag(
-                        StatusCode::OK,
-                        json!({"key": key, "value": value, "version": version, "writtenAt": at}),
-                        version,
-                    )
-                }
-            }
+            let version = q.version.unwrap_or_default();
+            let row: Option<(Option<Value>, DateTime<Utc>)> =
+                sqlx::query_as("SELECT value, written_at FROM app.doc_version WHERE key = $1 AND version = $2")
+                    .bind(&key)
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let (value, at) = row.ok_or_else(|| ApiError::not_found(format!("no version {version} of {key:?}")))?;
+            let value =
+                value.ok_or_else(|| ApiError::not_found(format!("version {version} of {key:?} is its deletion")))?;
+            with_etag(StatusCode::OK, json!({"key": key, "value": value, "version": version, "writtenAt": at}), version)
         }
         View::Version(key) => {
             check_key(&key)?;
@@ -244,60 +242,74 @@ pub async fn put(
     let expected = expected_version(body.version, &headers)?;
     let collection = key.split('/').next().unwrap_or_default().to_owned();
     let mut tx = begin_as(&state.pool, &caller).await?;
-    let write_error = |e| rls::write_error(e, String::new, writers_only);
-    // The collection exists from the first document written into it.
-    sqlx::query("INSERT INTO app.doc_collection (name, created_by) VALUES ($1, auth.uid()) ON CONFLICT DO NOTHING")
-        .bind(&collection)
-        .execute(&mut *tx)
-        .await
-        .map_err(write_error)?;
-    // Lock the row (if any) so the version check and the write are one decision.
-    let current: Option<i64> = sqlx::query_scalar("SELECT version FROM app.doc WHERE key = $1 FOR UPDATE")
-        .bind(&key)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let (doc, status): (Doc, StatusCode) = match (current, expected) {
-        (Some(now), Some(want)) if now != want => return Err(conflict(&key, want, now)),
-        (None, Some(want)) if want != 0 => return Err(conflict(&key, want, 0)),
-        (Some(_), _) => {
-            let doc = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "UPDATE app.doc SET value = $2, version = version + 1, updated_by = auth.uid(), updated_at = now() \
-                 WHERE key = $1 RETURNING {COLUMNS}"
-            )))
-            .bind(&key)
-            .bind(&body.value)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(write_error)?;
-            (doc, StatusCode::OK)
-        }
-        (None, _) => {
-            // After a deletion the versions go on from the last one, so history stays one line.
-            let doc = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO app.doc (key, collection, value, version, created_by, updated_by) \
-                 VALUES ($1, $2, $3, coalesce((SELECT max(version) FROM app.doc_version WHERE key = $1), 0) + 1, \
-                         auth.uid(), auth.uid()) RETURNING {COLUMNS}"
-            )))
-            .bind(&key)
-            .bind(&collection)
-            .bind(&body.value)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| {
-                rls::write_error(e, || format!("document {key:?} was created at the same time; retry"), writers_only)
-            })?;
-            (doc, StatusCode::CREATED)
-        }
+    // One statement: the collection exists from its first document; the row (if any) is
+    // locked so the version check and the write are one decision; an update or an insert
+    // (after a deletion the versions go on from the last one, so history stays one line);
+    // and the new version in the history.
+    let written: Written = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH collection AS ( \
+           INSERT INTO app.doc_collection (name, created_by) SELECT $2, auth.uid() \
+           WHERE NOT EXISTS (SELECT 1 FROM app.doc_collection WHERE name = $2) ON CONFLICT DO NOTHING), \
+         current AS (SELECT version FROM app.doc WHERE key = $1 FOR UPDATE), \
+         updated AS ( \
+           UPDATE app.doc d SET value = $3, version = d.version + 1, updated_by = auth.uid(), updated_at = now() \
+           FROM current c WHERE d.key = $1 AND ($4::bigint IS NULL OR c.version = $4) RETURNING d.*), \
+         inserted AS ( \
+           INSERT INTO app.doc (key, collection, value, version, created_by, updated_by) \
+           SELECT $1, $2, $3, coalesce((SELECT max(version) FROM app.doc_version WHERE key = $1), 0) + 1, \
+                  auth.uid(), auth.uid() \
+           WHERE NOT EXISTS (SELECT 1 FROM current) AND coalesce($4, 0) = 0 RETURNING *), \
+         written AS (SELECT *, false AS created FROM updated UNION ALL SELECT *, true FROM inserted), \
+         history AS ( \
+           INSERT INTO app.doc_version (key, version, value, written_by) \
+           SELECT key, version, value, auth.uid() FROM written) \
+         SELECT (SELECT version FROM current) AS current, w.created, {WRITTEN} \
+         FROM (SELECT 1) one LEFT JOIN written w ON true"
+    )))
+    .bind(&key)
+    .bind(&collection)
+    .bind(&body.value)
+    .bind(expected)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        rls::write_error(e, || format!("document {key:?} was created at the same time; retry"), writers_only)
+    })?;
+    let (Some(created), Some(doc)) = (written.created, written.doc()) else {
+        return Err(conflict(&key, expected.unwrap_or(0), written.current.unwrap_or(0)));
     };
-    sqlx::query("INSERT INTO app.doc_version (key, version, value, written_by) VALUES ($1, $2, $3, auth.uid())")
-        .bind(&doc.key)
-        .bind(doc.version)
-        .bind(&doc.value)
-        .execute(&mut *tx)
-        .await
-        .map_err(write_error)?;
     tx.commit().await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(with_etag(status, doc_json(&doc), doc.version))
+}
+
+/// The row of a document write: the version it found, and what it wrote (all null when the
+/// expected version was not the current one).
+#[derive(sqlx::FromRow)]
+struct Written {
+    current: Option<i64>,
+    created: Option<bool>,
+    key: Option<String>,
+    collection: Option<String>,
+    value: Option<Value>,
+    version: Option<i64>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+const WRITTEN: &str = "w.key, w.collection, w.value, w.version, w.created_at, w.updated_at";
+
+impl Written {
+    fn doc(&self) -> Option<Doc> {
+        Some(Doc {
+            key: self.key.clone()?,
+            collection: self.collection.clone()?,
+            value: self.value.clone()?,
+            version: self.version?,
+            created_at: self.created_at?,
+            updated_at: self.updated_at?,
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]

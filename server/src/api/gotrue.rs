@@ -333,7 +333,9 @@ async fn logout(State(state): State<AppState>, Query(scope): Query<Scope>, heade
     let Some(session) = claims.session() else {
         return error(StatusCode::FORBIDDEN, "session_not_found", "the token names no session");
     };
-    match sessions::logout(&state.pool, user.id, session, scope).await {
+    let ended = sessions::logout(&state.pool, user.id, session, scope).await;
+    state.auth.identities.forget_user(user.id);
+    match ended {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }

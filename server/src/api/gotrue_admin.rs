@@ -214,6 +214,7 @@ async fn update(
     .bind(ban.flatten())
     .execute(&state.pool)
     .await;
+    state.auth.identities.forget_user(id);
     match done {
         Ok(d) if d.rows_affected() == 0 => error(StatusCode::NOT_FOUND, "user_not_found", "User not found"),
         Ok(_) => one(&state, id).await,
@@ -243,7 +244,9 @@ async fn remove(State(state): State<AppState>, headers: HeaderMap, Path(id): Pat
         Ok(false) => {}
         Err(e) => return ApiError::from(e).into_response(),
     }
-    match sqlx::query("DELETE FROM auth.users WHERE id = $1").bind(id).execute(&state.pool).await {
+    let deleted = sqlx::query("DELETE FROM auth.users WHERE id = $1").bind(id).execute(&state.pool).await;
+    state.auth.identities.forget_user(id);
+    match deleted {
         Ok(d) if d.rows_affected() == 0 => error(StatusCode::NOT_FOUND, "user_not_found", "User not found"),
         Ok(_) => Json(json!({})).into_response(),
         Err(e) => ApiError::from(e).into_response(),

@@ -112,6 +112,7 @@ pub async fn callback(State(state): State<AppState>, ApiJson(body): ApiJson<Call
     .bind(caller.user_id)
     .fetch_one(&state.pool)
     .await?;
+    state.auth.identities.forget_user(caller.user_id);
     Ok(Json(json!({"success": true, "data": {"userId": caller.user_id, "email": caller.email, "role": role}})))
 }
 
@@ -206,6 +207,7 @@ pub async fn revoke_token(State(state): State<AppState>, Path(token): Path<Strin
     let info = app_tokens::revoke(&state.pool, &token)
         .await?
         .ok_or_else(|| ApiError::not_found("no such application token"))?;
+    state.auth.identities.forget_user(info.created_by);
     Ok(Json(token_json(&info)))
 }
 

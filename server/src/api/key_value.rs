@@ -2,8 +2,9 @@
 //! (create that refuses an existing key, upsert, get, update, delete), plus what such a store
 //! is expected to do: a version per key for compare-and-set (`expectedVersion`), atomic
 //! increments, TTLs (an expired key is gone for every read at once; the sweep deletes it
-//! later), tags, and listing by prefix or tag a page at a time. Every statement runs under
-//! row-level security: members read, owners (and their application tokens) write.
+//! later), tags, and listing by prefix or tag a page at a time. Writes run under row-level
+//! security (owners and their application tokens write); reads make the read policy's
+//! decision for the caller in the database, in the same statement for a single key.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
-use super::paging::{check_stored_json, like_prefix, page_limit, read_as_reader, split_page, writers_only};
+use super::paging::{check_stored_json, like_prefix, page_limit, read_as_reader, read_one, split_page, writers_only};
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
 use crate::state::AppState;
@@ -51,6 +52,8 @@ fn entry_json(e: &Entry) -> Value {
 const COLUMNS: &str = "key, value, version, tags, expires_at, created_at, updated_at";
 /// Rows that exist for readers: not expired.
 const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
+/// In an upsert's `DO UPDATE`: the existing row had expired (so the write starts it anew).
+const EXPIRED: &str = "app.kv_entry.expires_at <= now()";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -225,7 +228,10 @@ pub async fn upsert(
     check_tags(&body.tags)?;
     check_ttl(body.ttl_seconds)?;
     let mut tx = begin_as(&state.pool, &caller).await?;
-    drop_expired(&mut tx, &body.key).await.map_err(|e| rls::write_error(e, String::new, writers_only))?;
+    if body.expected_version.is_some() {
+        // (The plain upsert below treats an expired row as absent itself.)
+        drop_expired(&mut tx, &body.key).await.map_err(|e| rls::write_error(e, String::new, writers_only))?;
+    }
     let ttl = body.ttl_seconds.filter(|t| *t > 0).map(|t| t as f64);
     let written: Option<Entry> = match body.expected_version {
         // Not there yet: an insert that does nothing if the key exists.
@@ -261,8 +267,12 @@ pub async fn upsert(
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO app.kv_entry (key, value, tags, expires_at, created_by, updated_by) \
              VALUES ($1, $2, coalesce($3, '{{}}'), now() + make_interval(secs => $4), auth.uid(), auth.uid()) \
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, tags = coalesce($3, app.kv_entry.tags), \
-               expires_at = EXCLUDED.expires_at, version = app.kv_entry.version + 1, \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+               tags = CASE WHEN {EXPIRED} THEN EXCLUDED.tags ELSE coalesce($3, app.kv_entry.tags) END, \
+               expires_at = EXCLUDED.expires_at, \
+               version = CASE WHEN {EXPIRED} THEN 1 ELSE app.kv_entry.version + 1 END, \
+               created_at = CASE WHEN {EXPIRED} THEN now() ELSE app.kv_entry.created_at END, \
+               created_by = CASE WHEN {EXPIRED} THEN auth.uid() ELSE app.kv_entry.created_by END, \
                updated_by = auth.uid(), updated_at = now() \
              RETURNING {COLUMNS}"
             )))
@@ -295,13 +305,12 @@ pub async fn get(
     Path(key): Path<String>,
 ) -> ApiResult<Json<Value>> {
     check_key(&key)?;
-    let mut tx = begin_as(&state.pool, &caller).await?;
-    let entry: Option<Entry> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM app.kv_entry WHERE key = $1 AND {LIVE}")))
-            .bind(&key)
-            .fetch_optional(&mut *tx)
-            .await?;
-    tx.commit().await?;
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM app.kv_entry WHERE key = $2 AND {LIVE} AND private.user_has_instance_role($1)"
+    )))
+    .bind(caller.user_id)
+    .bind(&key);
+    let entry: Option<Entry> = read_one(&state.pool, &caller, query).await?;
     let entry = entry.ok_or_else(|| ApiError::not_found(format!("no key {key:?}")))?;
     Ok(Json(entry_json(&entry)))
 }

@@ -218,6 +218,9 @@ pub async fn run(
     // Expired keys are invisible at once; this deletes them from the table.
     tokio::spawn(key_value::sweep_loop(state.pool.clone(), std::time::Duration::from_secs(60), shutdown.clone()));
     tokio::spawn(state.credentials.clone().sweep_loop(std::time::Duration::from_secs(30), shutdown.clone()));
+    // Identities are reused for a few seconds only while this hears every change to them.
+    let (auth, pool, stop) = (state.auth.clone(), state.pool.clone(), shutdown.clone());
+    tokio::spawn(async move { auth.identities.listen(pool, stop).await });
     let app = router(state, &config);
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -5,7 +5,10 @@
 use axum::http::StatusCode;
 use serde_json::Value;
 
+use sqlx::Postgres;
+
 use super::error::{ApiError, ApiResult};
+use crate::auth::Caller;
 
 /// A page size between 1 and 1000 (100 when not given).
 pub fn page_limit(limit: Option<i64>) -> ApiResult<i64> {
@@ -56,6 +59,30 @@ pub fn writers_only() -> String {
     "Forbidden - Requires role: owner, application".into()
 }
 
+/// For point reads of the data stores (one key): the row only if the caller may read, in
+/// one statement outside a transaction. `$1` of `sql` is the caller's user id; the statement
+/// must say `AND private.user_has_instance_role($1)`. Without a row, the decision is asked
+/// again to tell 403 from 404.
+pub async fn read_one<T>(
+    pool: &sqlx::PgPool,
+    caller: &Caller,
+    query: sqlx::query::QueryAs<'_, Postgres, T, sqlx::postgres::PgArguments>,
+) -> ApiResult<Option<T>>
+where
+    T: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    if let Some(row) = query.fetch_optional(pool).await? {
+        return Ok(Some(row));
+    }
+    let allowed: bool =
+        sqlx::query_scalar("SELECT private.user_has_instance_role($1)").bind(caller.user_id).fetch_one(pool).await?;
+    if allowed { Ok(None) } else { Err(reader_refused()) }
+}
+
+fn reader_refused() -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden - Requires role: owner, member, application")
+}
+
 /// For the data stores' filtered reads (prefix, JSON filters): their read policy does not
 /// depend on the row (everyone with a role on the instance reads), yet under row-level
 /// security PostgreSQL may not use an index for an operator that is not leakproof (`LIKE`,
@@ -65,11 +92,7 @@ pub fn writers_only() -> String {
 pub async fn read_as_reader(tx: &mut sqlx::PgConnection) -> ApiResult<()> {
     let allowed: bool = sqlx::query_scalar("SELECT private.has_instance_role()").fetch_one(&mut *tx).await?;
     if !allowed {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Forbidden - Requires role: owner, member, application",
-        ));
+        return Err(reader_refused());
     }
     sqlx::query("SELECT set_config('role', 'service_role', true)").execute(&mut *tx).await?;
     Ok(())

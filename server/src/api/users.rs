@@ -186,6 +186,7 @@ pub async fn update(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    state.auth.identities.forget_user(user.id);
     Ok(Json(user_json(&find(&state.pool, &email).await?)))
 }
 
@@ -218,5 +219,6 @@ pub async fn delete(
     // Sessions, refresh tokens, roles, memberships and the user's application tokens go with it.
     sqlx::query("DELETE FROM auth.users WHERE id = $1").bind(user.id).execute(&mut *tx).await?;
     tx.commit().await?;
+    state.auth.identities.forget_user(user.id);
     Ok(Json(json!({"deleted": true, "email": user.email})))
 }

@@ -115,6 +115,7 @@ pub struct TokenHolder {
     pub email: Option<String>,
     /// The creator's role now (the token never exceeds it).
     pub creator_role: Role,
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -124,12 +125,13 @@ struct Presented {
     email: Option<String>,
     role: Option<String>,
     last_used_at: Option<DateTime<Utc>>,
+    expires_at: DateTime<Utc>,
 }
 
 /// Looks up a presented token; None when unknown, revoked, expired, or its creator is gone.
 pub async fn authenticate(pool: &PgPool, token: &str) -> sqlx::Result<Option<TokenHolder>> {
     let found: Option<Presented> = sqlx::query_as(
-        "SELECT t.id, t.created_by, u.email, r.role, t.last_used_at FROM app.application_token t \
+        "SELECT t.id, t.created_by, u.email, r.role, t.last_used_at, t.expires_at FROM app.application_token t \
          JOIN auth.users u ON u.id = t.created_by AND u.deleted_at IS NULL \
          LEFT JOIN app.user_role r ON r.user_id = u.id \
          WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > now()",
@@ -146,5 +148,11 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> sqlx::Result<Option<Tok
             .execute(pool)
             .await?;
     }
-    Ok(Some(TokenHolder { token_id: found.id, user_id: found.created_by, email: found.email, creator_role }))
+    Ok(Some(TokenHolder {
+        token_id: found.id,
+        user_id: found.created_by,
+        email: found.email,
+        creator_role,
+        expires_at: found.expires_at,
+    }))
 }

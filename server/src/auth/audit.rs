@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const BATCH: usize = 500;
+const LINGER: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
@@ -74,10 +75,21 @@ async fn write(pool: PgPool, mut queue: mpsc::UnboundedReceiver<AuditEntry>, shu
         };
         let Some(first) = first else { return };
         let mut batch = vec![first];
+        // Under load, entries arrive one by one: waiting a moment for more makes one insert
+        // of many rows instead of many inserts of a few.
+        let linger = tokio::time::sleep(if closing { Duration::ZERO } else { LINGER });
+        tokio::pin!(linger);
         while batch.len() < BATCH {
             match queue.try_recv() {
                 Ok(e) => batch.push(e),
-                Err(_) => break,
+                Err(_) if closing => break,
+                Err(_) => tokio::select! {
+                    e = queue.recv() => match e {
+                        Some(e) => batch.push(e),
+                        None => break,
+                    },
+                    _ = &mut linger => break,
+                },
             }
         }
         let mut attempt = 0;

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod app_tokens;
 pub mod audit;
+pub mod identity_cache;
 pub mod jwt;
 pub mod password;
 pub mod rate_limit;
@@ -18,6 +19,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::AuthConfig;
+use identity_cache::Credential;
 use jwt::{JwtKeys, TokenError};
 
 /// The control plane roles.
@@ -96,13 +98,15 @@ pub struct AuthState {
     pub config: AuthConfig,
     pub limiter: rate_limit::LoginLimiter,
     pub audit: audit::AuditLog,
+    pub identities: identity_cache::IdentityCache,
 }
 
 impl AuthState {
     pub fn new(secret: &[u8], config: AuthConfig, audit: audit::AuditLog) -> Self {
         let limiter =
             rate_limit::LoginLimiter::new(config.login_max_failures, Duration::from_secs(config.login_window_secs));
-        AuthState { keys: JwtKeys::new(secret, config.issuer.clone()), config, limiter, audit }
+        let identities = identity_cache::IdentityCache::new(Duration::from_secs(config.identity_cache_secs));
+        AuthState { keys: JwtKeys::new(secret, config.issuer.clone()), config, limiter, audit, identities }
     }
 
     pub fn access_ttl(&self) -> Duration {
@@ -117,8 +121,12 @@ impl AuthState {
             return Err(AuthError::Missing);
         }
         if bearer.starts_with(app_tokens::PREFIX) {
+            let key = Credential::ApplicationToken(app_tokens::hash(bearer));
+            if let Some(caller) = self.identities.get(&key) {
+                return Ok(caller);
+            }
             let holder = app_tokens::authenticate(pool, bearer).await?.ok_or(AuthError::UnknownApplicationToken)?;
-            return Ok(Caller {
+            let caller = Caller {
                 kind: CallerKind::Application,
                 user_id: holder.user_id,
                 email: holder.email,
@@ -126,13 +134,20 @@ impl AuthState {
                 creator_role: Some(holder.creator_role),
                 token_id: Some(holder.token_id),
                 session_id: None,
-            });
+            };
+            let left = (holder.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
+            self.identities.put(key, &caller, Some(left));
+            return Ok(caller);
         }
         let claims = self.keys.verify(bearer)?;
         if claims.role != "authenticated" {
             return Err(TokenError::Invalid(format!("a {:?} token is not a user's token", claims.role)).into());
         }
         let user_id = claims.user_id().ok_or_else(|| TokenError::Invalid("sub is not a user id".into()))?;
+        let key = Credential::Session(user_id, claims.session());
+        if let Some(caller) = self.identities.get(&key) {
+            return Ok(caller);
+        }
         let (user, session_active) =
             sessions::user_in_session(pool, user_id, claims.session()).await?.ok_or(AuthError::UnknownUser)?;
         if !session_active {
@@ -141,7 +156,7 @@ impl AuthState {
         if user.is_banned() {
             return Err(AuthError::Banned);
         }
-        Ok(Caller {
+        let caller = Caller {
             kind: CallerKind::User,
             user_id,
             email: user.email.clone(),
@@ -149,7 +164,9 @@ impl AuthState {
             creator_role: None,
             token_id: None,
             session_id: claims.session(),
-        })
+        };
+        self.identities.put(key, &caller, None);
+        Ok(caller)
     }
 }
 

@@ -129,6 +129,9 @@ async fn expired_keys_are_gone_for_reads_and_swept(pool: PgPool) {
     let kv = |m: &str, p: &str| app.request(m, &format!("/sfp/api/key-value{p}")).bearer_auth(&owner);
     send(kv("POST", "").json(&json!({"key": "short", "value": 1, "ttlSeconds": 1}))).await;
     send(kv("POST", "").json(&json!({"key": "long", "value": 1, "ttlSeconds": 3600}))).await;
+    send(kv("POST", "").json(&json!({"key": "tagged", "value": 1, "ttlSeconds": 1, "tags": ["old"]}))).await;
+    let (_, second) = send(kv("POST", "/upsert").json(&json!({"key": "tagged", "value": 2, "ttlSeconds": 1}))).await;
+    assert_eq!((second["version"].clone(), second["tags"].clone()), (json!(2), json!(["old"])), "{second}");
     let (status, live) = send(kv("GET", "/short")).await;
     assert_eq!(status, 200);
     assert!(live["expiresAt"].is_string());
@@ -138,13 +141,18 @@ async fn expired_keys_are_gone_for_reads_and_swept(pool: PgPool) {
     let (_, listed) = send(kv("GET", "")).await;
     let keys: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
     assert_eq!(keys, vec!["long"]);
+    // An upsert over an expired key starts it anew: version 1, none of the old tags.
+    let (status, anew) = send(kv("POST", "/upsert").json(&json!({"key": "tagged", "value": 3}))).await;
+    assert_eq!(status, 200, "{anew}");
+    assert_eq!((anew["version"].clone(), anew["tags"].clone()), (json!(1), json!([])), "{anew}");
+    assert_ne!(anew["createdAt"], second["createdAt"], "{anew}");
     let (status, _) = send(kv("POST", "").json(&json!({"key": "short", "value": 2}))).await;
     assert_eq!(status, 201, "an expired key can be created again");
     send(kv("PUT", "/short").json(&json!({"ttlSeconds": 1}))).await;
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
     assert_eq!(sfp_server::api::key_value::sweep_expired(&pool).await.unwrap(), 1);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM app.kv_entry").fetch_one(&pool).await.unwrap();
-    assert_eq!(rows, 1, "the sweep deleted the expired row");
+    assert_eq!(rows, 2, "the sweep deleted the expired row (long and tagged are left)");
     let (_, kept) = send(kv("PUT", "/long").json(&json!({"ttlSeconds": 0}))).await;
     assert_eq!(kept["expiresAt"], Value::Null, "ttlSeconds 0 removes the expiry");
 }

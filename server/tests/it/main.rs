@@ -7,6 +7,7 @@ mod auth;
 mod credentials;
 mod doc_store;
 mod environments;
+mod identity_cache;
 mod key_value;
 mod locks;
 mod openapi;
