@@ -78,7 +78,9 @@ pub struct PostgresConfig {
     pub database: String,
     /// The unprivileged account that runs the cluster when sfp-server runs as root.
     pub os_user: String,
-    /// Connections in the server's pool.
+    /// Connections in the server's pool (the API, its loops and the embedded engine share
+    /// it). More is not faster: on a 2-core machine 8 to 10 served the most requests and 20
+    /// was slower (BENCHMARKS.md, data APIs).
     pub max_connections: u32,
 }
 
@@ -352,7 +354,7 @@ impl Default for PostgresConfig {
             port: None,
             database: "sfp".into(),
             os_user: "postgres".into(),
-            max_connections: 20,
+            max_connections: 10,
         }
     }
 }

@@ -241,44 +241,21 @@ pub async fn put(
     check_value(&body.value)?;
     let expected = expected_version(body.version, &headers)?;
     let collection = key.split('/').next().unwrap_or_default().to_owned();
-    let mut tx = begin_as(&state.pool, &caller).await?;
-    // One statement: the collection exists from its first document; the row (if any) is
-    // locked so the version check and the write are one decision; an update or an insert
-    // (after a deletion the versions go on from the last one, so history stays one line);
-    // and the new version in the history.
-    let written: Written = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH collection AS ( \
-           INSERT INTO app.doc_collection (name, created_by) SELECT $2, auth.uid() \
-           WHERE NOT EXISTS (SELECT 1 FROM app.doc_collection WHERE name = $2) ON CONFLICT DO NOTHING), \
-         current AS (SELECT version FROM app.doc WHERE key = $1 FOR UPDATE), \
-         updated AS ( \
-           UPDATE app.doc d SET value = $3, version = d.version + 1, updated_by = auth.uid(), updated_at = now() \
-           FROM current c WHERE d.key = $1 AND ($4::bigint IS NULL OR c.version = $4) RETURNING d.*), \
-         inserted AS ( \
-           INSERT INTO app.doc (key, collection, value, version, created_by, updated_by) \
-           SELECT $1, $2, $3, coalesce((SELECT max(version) FROM app.doc_version WHERE key = $1), 0) + 1, \
-                  auth.uid(), auth.uid() \
-           WHERE NOT EXISTS (SELECT 1 FROM current) AND coalesce($4, 0) = 0 RETURNING *), \
-         written AS (SELECT *, false AS created FROM updated UNION ALL SELECT *, true FROM inserted), \
-         history AS ( \
-           INSERT INTO app.doc_version (key, version, value, written_by) \
-           SELECT key, version, value, auth.uid() FROM written) \
-         SELECT (SELECT version FROM current) AS current, w.created, {WRITTEN} \
-         FROM (SELECT 1) one LEFT JOIN written w ON true"
-    )))
-    .bind(&key)
-    .bind(&collection)
-    .bind(&body.value)
-    .bind(expected)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| {
-        rls::write_error(e, || format!("document {key:?} was created at the same time; retry"), writers_only)
-    })?;
+    // One statement under the caller's policies (migration 20261201000020 says what it does).
+    let written: Written = sqlx::query_as("SELECT * FROM private.doc_write_as($1, $2, $3, $4, $5)")
+        .bind(crate::auth::rls::claims_of(&caller))
+        .bind(&key)
+        .bind(&collection)
+        .bind(&body.value)
+        .bind(expected)
+        .fetch_one(&state.pool)
+        .await
+        .map_err(|e| {
+            rls::write_error(e, || format!("document {key:?} was created at the same time; retry"), writers_only)
+        })?;
     let (Some(created), Some(doc)) = (written.created, written.doc()) else {
         return Err(conflict(&key, expected.unwrap_or(0), written.current.unwrap_or(0)));
     };
-    tx.commit().await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(with_etag(status, doc_json(&doc), doc.version))
 }
@@ -296,8 +273,6 @@ struct Written {
     created_at: Option<DateTime<Utc>>,
     updated_at: Option<DateTime<Utc>>,
 }
-
-const WRITTEN: &str = "w.key, w.collection, w.value, w.version, w.created_at, w.updated_at";
 
 impl Written {
     fn doc(&self) -> Option<Doc> {

@@ -52,8 +52,6 @@ fn entry_json(e: &Entry) -> Value {
 const COLUMNS: &str = "key, value, version, tags, expires_at, created_at, updated_at";
 /// Rows that exist for readers: not expired.
 const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
-/// In an upsert's `DO UPDATE`: the existing row had expired (so the write starts it anew).
-const EXPIRED: &str = "app.kv_entry.expires_at <= now()";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -227,15 +225,28 @@ pub async fn upsert(
     check_value(&body.value)?;
     check_tags(&body.tags)?;
     check_ttl(body.ttl_seconds)?;
-    let mut tx = begin_as(&state.pool, &caller).await?;
-    if body.expected_version.is_some() {
-        // (The plain upsert below treats an expired row as absent itself.)
-        drop_expired(&mut tx, &body.key).await.map_err(|e| rls::write_error(e, String::new, writers_only))?;
-    }
     let ttl = body.ttl_seconds.filter(|t| *t > 0).map(|t| t as f64);
-    let written: Option<Entry> = match body.expected_version {
+    let Some(expected) = body.expected_version else {
+        // The plain upsert: one statement under the caller's policies (an expired row starts
+        // anew in it).
+        let entry: Entry = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM private.kv_upsert_as($1, $2, $3, $4, $5)"
+        )))
+        .bind(rls::claims_of(&caller))
+        .bind(&body.key)
+        .bind(&body.value)
+        .bind(body.tags.clone())
+        .bind(ttl)
+        .fetch_one(&state.pool)
+        .await
+        .map_err(|e| rls::write_error(e, String::new, writers_only))?;
+        return Ok(Json(entry_json(&entry)));
+    };
+    let mut tx = begin_as(&state.pool, &caller).await?;
+    drop_expired(&mut tx, &body.key).await.map_err(|e| rls::write_error(e, String::new, writers_only))?;
+    let written: Option<Entry> = match expected {
         // Not there yet: an insert that does nothing if the key exists.
-        Some(0) => {
+        0 => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO app.kv_entry (key, value, tags, expires_at, created_by, updated_by) \
              VALUES ($1, $2, $3, now() + make_interval(secs => $4), auth.uid(), auth.uid()) \
@@ -248,7 +259,7 @@ pub async fn upsert(
             .fetch_optional(&mut *tx)
             .await
         }
-        Some(expected) => {
+        expected => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE app.kv_entry SET value = $2, tags = coalesce($3, tags), \
                expires_at = CASE WHEN $4::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $4) END, \
@@ -263,31 +274,11 @@ pub async fn upsert(
             .fetch_optional(&mut *tx)
             .await
         }
-        None => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO app.kv_entry (key, value, tags, expires_at, created_by, updated_by) \
-             VALUES ($1, $2, coalesce($3, '{{}}'), now() + make_interval(secs => $4), auth.uid(), auth.uid()) \
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
-               tags = CASE WHEN {EXPIRED} THEN EXCLUDED.tags ELSE coalesce($3, app.kv_entry.tags) END, \
-               expires_at = EXCLUDED.expires_at, \
-               version = CASE WHEN {EXPIRED} THEN 1 ELSE app.kv_entry.version + 1 END, \
-               created_at = CASE WHEN {EXPIRED} THEN now() ELSE app.kv_entry.created_at END, \
-               created_by = CASE WHEN {EXPIRED} THEN auth.uid() ELSE app.kv_entry.created_by END, \
-               updated_by = auth.uid(), updated_at = now() \
-             RETURNING {COLUMNS}"
-            )))
-            .bind(&body.key)
-            .bind(&body.value)
-            .bind(body.tags.clone())
-            .bind(ttl)
-            .fetch_optional(&mut *tx)
-            .await
-        }
     }
     .map_err(|e| rls::write_error(e, String::new, writers_only))?;
     let Some(entry) = written else {
         let current = current_version(&mut tx, &body.key).await?;
-        return Err(version_conflict(&body.key, body.expected_version.unwrap_or(0), current));
+        return Err(version_conflict(&body.key, expected, current));
     };
     tx.commit().await?;
     Ok(Json(entry_json(&entry)))

@@ -74,9 +74,15 @@ where
     if let Some(row) = query.fetch_optional(pool).await? {
         return Ok(Some(row));
     }
+    may_read(pool, caller).await?;
+    Ok(None)
+}
+
+/// The data stores' read policy for `caller`: 403 unless they have a role on the instance.
+pub async fn may_read(pool: &sqlx::PgPool, caller: &Caller) -> ApiResult<()> {
     let allowed: bool =
         sqlx::query_scalar("SELECT private.user_has_instance_role($1)").bind(caller.user_id).fetch_one(pool).await?;
-    if allowed { Ok(None) } else { Err(reader_refused()) }
+    if allowed { Ok(()) } else { Err(reader_refused()) }
 }
 
 fn reader_refused() -> ApiError {

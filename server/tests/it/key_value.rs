@@ -247,3 +247,30 @@ async fn bad_input_is_refused_with_the_right_status(pool: PgPool) {
         send(app.post("/sfp/api/key-value/increment").bearer_auth(&owner).json(&json!({"key": "n"}))).await;
     assert_eq!((status, err["code"].clone()), (StatusCode::CONFLICT, json!("out_of_range")), "{err}");
 }
+
+/// The one-statement writes take the claims they act under as an argument: nobody but the
+/// server's own role may call them, or any signed-in client could claim to be an owner.
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn the_write_functions_are_the_servers_alone(pool: PgPool) {
+    // An owner's claims: were the functions callable, the writes would succeed.
+    let hash = sfp_server::auth::password::hash("an owner's long password");
+    let owner = sfp_server::auth::sessions::create_user(&pool, "owner@example.test", &hash, Role::Owner)
+        .await
+        .unwrap()
+        .unwrap();
+    let claims = json!({"sub": owner, "role": "authenticated"}).to_string();
+    for role in ["authenticated", "anon", "service_role"] {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL ROLE {role}"))).execute(&mut *tx).await.unwrap();
+        for call in [
+            "SELECT private.kv_upsert_as($1, 'k', '1', NULL, NULL)",
+            "SELECT private.doc_write_as($1, 'c/k', 'c', '1', NULL)",
+        ] {
+            let mut savepoint = sqlx::Connection::begin(&mut *tx).await.unwrap();
+            let refused = sqlx::query(call).bind(&claims).execute(&mut *savepoint).await.unwrap_err();
+            assert!(sfp_server::auth::rls::is_refused(&refused), "{role}: {call}: {refused}");
+            savepoint.rollback().await.unwrap();
+        }
+        tx.rollback().await.unwrap();
+    }
+}
