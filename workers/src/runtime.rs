@@ -264,10 +264,11 @@ fn parse_input(payload: &str, step: &str) -> Result<StepInput, String> {
     let value: serde_json::Value = serde_json::from_str(payload).map_err(|e| e.to_string())?;
     let parents = value.get("parents").cloned().unwrap_or_default();
     let input = value.get("input").cloned().unwrap_or(value);
-    let input = match input.get("steps") {
-        Some(steps) => steps.get(step).cloned().ok_or_else(|| format!("the pipeline input has no step {step:?}"))?,
-        None => input,
+    let Some(steps) = input.get("steps") else {
+        // A task's data is what was submitted: references belong to pipelines only.
+        return serde_json::from_value(input).map_err(|e| e.to_string());
     };
+    let input = steps.get(step).cloned().ok_or_else(|| format!("the pipeline input has no step {step:?}"))?;
     let mut input: StepInput = serde_json::from_value(input).map_err(|e| e.to_string())?;
     input.data = references::substitute(&input.data, &mut |r| references::resolve(r, &parents))
         .map_err(|(field, message)| format!("data.{field}: {message}"))?;
@@ -383,5 +384,10 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("gave this step no output"), "{e}");
         assert!(parse_input(&payload(json!({}), json!({})), "other").unwrap_err().contains("no step \"other\""));
+        // A task (no pipeline) keeps text that only looks like a reference.
+        let task = json!({"input": {"taskId": Uuid::nil(), "type": "changelog", "timeoutSeconds": 60,
+                                    "data": {"releaseName": "${{ steps.x.json }}"}}, "parents": {}});
+        let input = parse_input(&task.to_string(), "changelog").unwrap();
+        assert_eq!(input.data["releaseName"], "${{ steps.x.json }}");
     }
 }
