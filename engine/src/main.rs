@@ -211,7 +211,7 @@ impl Database {
                 (cluster.url(), Some(cluster))
             }
         };
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(&url).await?;
+        let pool = sfp_postgres::pool_options(20).connect(&url).await?;
         sfp_postgres::migrate(&pool).await?;
         Ok(Database { pool, cluster })
     }

@@ -12,7 +12,9 @@ mod cluster;
 mod error;
 mod migrate;
 mod os_user;
+mod pool;
 
 pub use cluster::{Cluster, ClusterOptions, StartOutcome, pid_running, wait_for_exit, write_private};
 pub use error::Error;
 pub use migrate::{MIGRATOR, MigrationReport, applied_migrations, migrate};
+pub use pool::{CHECK_AFTER_IDLE, pool_options, pool_options_checking_after};

@@ -20,4 +20,4 @@ pub mod tasks;
 pub mod telemetry;
 pub mod vault;
 
-pub use state::AppState;
+pub use state::{AppState, Services};

@@ -53,9 +53,13 @@ fn psql(url: &str, sql: &str) {
     assert!(status.success(), "psql failed: {sql}");
 }
 
+/// Unique across the tests of one process (a counter: two tests starting in the same clock
+/// tick had collided on the name) and across processes (the process id and the time).
 fn uuid_like() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{:x}{:x}", nanos, std::process::id())
+    format!("{:x}{:x}_{n}", nanos, std::process::id())
 }
 
 /// Runs a conformance script to its end (bounded, so a hang fails instead of blocking CI) and

@@ -200,8 +200,11 @@ pub async fn query(
         Order::Updated => q.push("to_jsonb(d.updated_at)"),
         Order::Path(p) => q.push("coalesce(d.value #> ").push_bind(p.clone()).push(", 'null'::jsonb)"),
     };
-    // The read policy's decision for the caller, in the statement (see `paging::read_one`).
-    q.push(" AS sort_value FROM app.doc d WHERE private.user_has_instance_role(").push_bind(caller.user_id).push(")");
+    // The read policy's decision for the caller, in the statement (`paging::CALLER_MAY_READ`
+    // with the caller's id bound here).
+    q.push(" AS sort_value FROM app.doc d WHERE EXISTS (SELECT 1 FROM app.user_role r WHERE r.user_id = ")
+        .push_bind(caller.user_id)
+        .push(")");
     if !body.collections.is_empty() {
         q.push(" AND d.collection = ANY(").push_bind(body.collections.clone()).push(")");
     }

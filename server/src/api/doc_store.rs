@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
 use super::paging::{
-    check_stored_json, is_plain_name, like_prefix, page_limit, read_as_reader, read_one, split_page, writers_only,
+    CALLER_MAY_READ, check_stored_json, is_plain_name, like_prefix, page_limit, read_as_reader, read_one, split_page,
+    writers_only,
 };
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
@@ -152,7 +153,7 @@ pub async fn get(
         // The current document: one statement (the hot path).
         check_key(key)?;
         let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM app.doc WHERE key = $2 AND private.user_has_instance_role($1)"
+            "SELECT {COLUMNS} FROM app.doc WHERE key = $2 AND {CALLER_MAY_READ}"
         )))
         .bind(caller.user_id)
         .bind(key);
@@ -241,9 +242,10 @@ pub async fn put(
     check_value(&body.value)?;
     let expected = expected_version(body.version, &headers)?;
     let collection = key.split('/').next().unwrap_or_default().to_owned();
-    // One statement under the caller's policies (migration 20261201000020 says what it does).
-    let written: Written = sqlx::query_as("SELECT * FROM private.doc_write_as($1, $2, $3, $4, $5)")
-        .bind(crate::auth::rls::claims_of(&caller))
+    // One statement that makes the write policy's decision and writes (migration
+    // 20261201000021 says what it does).
+    let written: Written = sqlx::query_as("SELECT * FROM private.doc_write_for($1, $2, $3, $4, $5)")
+        .bind(caller.user_id)
         .bind(&key)
         .bind(&collection)
         .bind(&body.value)

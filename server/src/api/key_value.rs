@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
-use super::paging::{check_stored_json, like_prefix, page_limit, read_as_reader, read_one, split_page, writers_only};
+use super::paging::{
+    CALLER_MAY_READ, check_stored_json, like_prefix, page_limit, read_as_reader, read_one, split_page, writers_only,
+};
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
 use crate::state::AppState;
@@ -227,12 +229,12 @@ pub async fn upsert(
     check_ttl(body.ttl_seconds)?;
     let ttl = body.ttl_seconds.filter(|t| *t > 0).map(|t| t as f64);
     let Some(expected) = body.expected_version else {
-        // The plain upsert: one statement under the caller's policies (an expired row starts
-        // anew in it).
+        // The plain upsert: one statement that makes the write policy's decision (migration
+        // 20261201000021) and writes; an expired row starts anew in it.
         let entry: Entry = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM private.kv_upsert_as($1, $2, $3, $4, $5)"
+            "SELECT {COLUMNS} FROM private.kv_upsert_for($1, $2, $3, $4, $5)"
         )))
-        .bind(rls::claims_of(&caller))
+        .bind(caller.user_id)
         .bind(&body.key)
         .bind(&body.value)
         .bind(body.tags.clone())
@@ -297,7 +299,7 @@ pub async fn get(
 ) -> ApiResult<Json<Value>> {
     check_key(&key)?;
     let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM app.kv_entry WHERE key = $2 AND {LIVE} AND private.user_has_instance_role($1)"
+        "SELECT {COLUMNS} FROM app.kv_entry WHERE key = $2 AND {LIVE} AND {CALLER_MAY_READ}"
     )))
     .bind(caller.user_id)
     .bind(&key);

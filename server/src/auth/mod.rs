@@ -11,6 +11,7 @@ pub mod password;
 pub mod rate_limit;
 pub mod rls;
 pub mod sessions;
+pub mod verified_tokens;
 
 use std::time::Duration;
 
@@ -99,6 +100,7 @@ pub struct AuthState {
     pub limiter: rate_limit::LoginLimiter,
     pub audit: audit::AuditLog,
     pub identities: identity_cache::IdentityCache,
+    pub verified: verified_tokens::VerifiedTokens,
 }
 
 impl AuthState {
@@ -106,7 +108,14 @@ impl AuthState {
         let limiter =
             rate_limit::LoginLimiter::new(config.login_max_failures, Duration::from_secs(config.login_window_secs));
         let identities = identity_cache::IdentityCache::new(Duration::from_secs(config.identity_cache_secs));
-        AuthState { keys: JwtKeys::new(secret, config.issuer.clone()), config, limiter, audit, identities }
+        AuthState {
+            keys: JwtKeys::new(secret, config.issuer.clone()),
+            config,
+            limiter,
+            audit,
+            identities,
+            verified: verified_tokens::VerifiedTokens::default(),
+        }
     }
 
     pub fn access_ttl(&self) -> Duration {
@@ -139,17 +148,28 @@ impl AuthState {
             self.identities.put(key, &caller, Some(left));
             return Ok(caller);
         }
-        let claims = self.keys.verify(bearer)?;
-        if claims.role != "authenticated" {
-            return Err(TokenError::Invalid(format!("a {:?} token is not a user's token", claims.role)).into());
-        }
-        let user_id = claims.user_id().ok_or_else(|| TokenError::Invalid("sub is not a user id".into()))?;
-        let key = Credential::Session(user_id, claims.session());
+        let now = chrono::Utc::now().timestamp();
+        let verified = match self.verified.get(bearer, now) {
+            Some(verified) => verified,
+            None => {
+                let claims = self.keys.verify(bearer)?;
+                if claims.role != "authenticated" {
+                    return Err(TokenError::Invalid(format!("a {:?} token is not a user's token", claims.role)).into());
+                }
+                let user_id = claims.user_id().ok_or_else(|| TokenError::Invalid("sub is not a user id".into()))?;
+                let verified =
+                    verified_tokens::VerifiedUser { user_id, session_id: claims.session(), expires_at: claims.exp };
+                self.verified.put(bearer, verified, now);
+                verified
+            }
+        };
+        let (user_id, session_id) = (verified.user_id, verified.session_id);
+        let key = Credential::Session(user_id, session_id);
         if let Some(caller) = self.identities.get(&key) {
             return Ok(caller);
         }
         let (user, session_active) =
-            sessions::user_in_session(pool, user_id, claims.session()).await?.ok_or(AuthError::UnknownUser)?;
+            sessions::user_in_session(pool, user_id, session_id).await?.ok_or(AuthError::UnknownUser)?;
         if !session_active {
             return Err(AuthError::SessionEnded);
         }
@@ -163,7 +183,7 @@ impl AuthState {
             role: user.sfp_role(),
             creator_role: None,
             token_id: None,
-            session_id: claims.session(),
+            session_id,
         };
         self.identities.put(key, &caller, None);
         Ok(caller)

@@ -18,7 +18,7 @@ use super::{Caller, CallerKind};
 use crate::api::error::ApiError;
 
 /// The claims of `caller`, as `request.jwt.claims` holds them.
-pub fn claims_of(caller: &Caller) -> String {
+fn claims_of(caller: &Caller) -> String {
     json!({
         "sub": caller.user_id,
         "role": "authenticated",

@@ -5,7 +5,6 @@ use std::time::Duration;
 use anyhow::Context;
 use sfp_postgres::{Cluster, ClusterOptions, StartOutcome};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 use crate::config::Config;
 
@@ -60,8 +59,7 @@ pub async fn bring_up(config: &Config, progress: impl Fn(String)) -> anyhow::Res
 }
 
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
+    sfp_postgres::pool_options(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await

@@ -25,13 +25,17 @@ use crate::auth::AuthState;
 use crate::auth::audit::AuditLog;
 use crate::config::Config;
 use crate::health::{DatabaseCheck, HealthChecks};
-use crate::state::AppState;
+use crate::state::{AppState, Services};
 use crate::tasks::{EngineLink, Tasks};
 use data_dir::API_KEYS_FILE;
 use sfp_protocol::client::{ClientConfig, HatchetClient, TlsStrategy};
 
+/// A progress line on standard output. One that cannot be written (whoever started us
+/// closed the pipe) is dropped: `println!` would panic, and at shutdown that left the stack
+/// running.
 fn say(line: String) {
-    println!("{line}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// The base URL clients use for a listener address.
@@ -170,7 +174,7 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     };
     let metrics = Metrics::new();
     metrics.with_registry(|r| tasks.metrics.register(r));
-    let state = AppState { pool: db.pool.clone(), metrics, health, auth, tasks, credentials };
+    let state = AppState::new(Services { pool: db.pool.clone(), metrics, health, auth, tasks, credentials });
     let api_task = tokio::spawn(api::run(config.api.clone(), listener, state, shutdown.clone()));
     say(format!("api: listening on {url}/sfp/api"));
 

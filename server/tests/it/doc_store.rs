@@ -253,3 +253,40 @@ async fn queries_filter_sort_and_page_across_collections(pool: PgPool) {
         assert!(err["message"].as_str().unwrap().contains(named), "{body}: {err}");
     }
 }
+
+/// Parallel writers: without a version every write lands as its own version (none lost, none
+/// twice); at one expected version exactly one writer wins and the others get 409 with the
+/// version that won.
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn parallel_writers_never_lose_or_duplicate_a_version(pool: PgPool) {
+    let app = TestApi::spawn(pool).await;
+    let owner = app.admin_token().await;
+    let write = |body: Value| {
+        let request = app.post("/sfp/api/doc-store/docs/race/doc").bearer_auth(&owner).json(&body);
+        async move { send(request).await }
+    };
+    let (status, _) = write(json!({"value": {"n": 0}})).await;
+    assert_eq!(status, 201);
+    let writes = (1..=20).map(|n| write(json!({"value": {"n": n}})));
+    let answers = futures_util::future::join_all(writes).await;
+    let mut versions: Vec<i64> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body["version"].as_i64().unwrap()
+        })
+        .collect();
+    versions.sort();
+    assert_eq!(versions, (2..=21).collect::<Vec<_>>(), "each write its own version");
+    let (_, history) = send(app.get("/sfp/api/doc-store/docs/race/doc/history").bearer_auth(&owner)).await;
+    assert_eq!(history["versions"].as_array().unwrap().len(), 21, "{history}");
+
+    let racers = (0..10).map(|n| write(json!({"value": {"racer": n}, "version": 21})));
+    let answers = futures_util::future::join_all(racers).await;
+    let won: Vec<_> = answers.iter().filter(|(s, _)| *s == 200).collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    assert_eq!(won[0].1["version"], 22);
+    for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!((*status, body["currentVersion"].clone()), (StatusCode::CONFLICT, json!(22)), "{body}");
+    }
+}

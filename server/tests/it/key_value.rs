@@ -248,29 +248,104 @@ async fn bad_input_is_refused_with_the_right_status(pool: PgPool) {
     assert_eq!((status, err["code"].clone()), (StatusCode::CONFLICT, json!("out_of_range")), "{err}");
 }
 
-/// The one-statement writes take the claims they act under as an argument: nobody but the
+/// The one-statement writes take the user they act for as an argument: nobody but the
 /// server's own role may call them, or any signed-in client could claim to be an owner.
 #[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
 async fn the_write_functions_are_the_servers_alone(pool: PgPool) {
-    // An owner's claims: were the functions callable, the writes would succeed.
+    // An owner: were the functions callable, the writes would succeed.
     let hash = sfp_server::auth::password::hash("an owner's long password");
     let owner = sfp_server::auth::sessions::create_user(&pool, "owner@example.test", &hash, Role::Owner)
         .await
         .unwrap()
         .unwrap();
-    let claims = json!({"sub": owner, "role": "authenticated"}).to_string();
     for role in ["authenticated", "anon", "service_role"] {
         let mut tx = pool.begin().await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL ROLE {role}"))).execute(&mut *tx).await.unwrap();
         for call in [
-            "SELECT private.kv_upsert_as($1, 'k', '1', NULL, NULL)",
-            "SELECT private.doc_write_as($1, 'c/k', 'c', '1', NULL)",
+            "SELECT private.kv_upsert_for($1, 'k', '1', NULL, NULL)",
+            "SELECT private.doc_write_for($1, 'c/k', 'c', '1', NULL)",
         ] {
             let mut savepoint = sqlx::Connection::begin(&mut *tx).await.unwrap();
-            let refused = sqlx::query(call).bind(&claims).execute(&mut *savepoint).await.unwrap_err();
+            let refused = sqlx::query(call).bind(owner).execute(&mut *savepoint).await.unwrap_err();
             assert!(sfp_server::auth::rls::is_refused(&refused), "{role}: {call}: {refused}");
             savepoint.rollback().await.unwrap();
         }
         tx.rollback().await.unwrap();
     }
+}
+
+/// The one-statement writes decide in SQL what the tables' policies decide (the API's access
+/// table refuses non-owners before that, so the database's decision is checked directly):
+/// for an owner, a member, a user without a role and an unknown id, each function succeeds
+/// exactly when the same write under row-level security (the user's claims, role
+/// `authenticated`) does, and refuses with the policies' error otherwise.
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn the_fast_writes_decide_as_the_policies_do(pool: PgPool) {
+    let mut users = Vec::new();
+    for (email, role) in [
+        ("owner@example.test", Some(Role::Owner)),
+        ("member@example.test", Some(Role::Member)),
+        ("norole@example.test", None),
+    ] {
+        let hash = sfp_server::auth::password::hash("a long enough password");
+        let id = sfp_server::auth::sessions::create_user(&pool, email, &hash, role.unwrap_or(Role::Member))
+            .await
+            .unwrap()
+            .unwrap();
+        if role.is_none() {
+            sqlx::query("DELETE FROM app.user_role WHERE user_id = $1").bind(id).execute(&pool).await.unwrap();
+        }
+        users.push((email, id));
+    }
+    users.push(("unknown", uuid::Uuid::new_v4()));
+
+    // The outcome of `sql` (binding the user's id) in a transaction that is rolled back; with
+    // `claims`, under the policies as that user.
+    async fn attempt(pool: &PgPool, sql: &str, uid: uuid::Uuid, claims: bool) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin().await.unwrap();
+        if claims {
+            let claims = json!({"sub": uid, "role": "authenticated"}).to_string();
+            sqlx::query("SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true)")
+                .bind(&claims)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        let outcome = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).bind(uid).execute(&mut *tx).await.map(|_| ());
+        tx.rollback().await.unwrap();
+        outcome
+    }
+    let cases = [
+        (
+            "INSERT INTO app.kv_entry (key, value, created_by, updated_by) VALUES ('k', '1', $1, $1)",
+            "SELECT * FROM private.kv_upsert_for($1, 'k', '1', NULL, NULL)",
+        ),
+        (
+            "WITH c AS (INSERT INTO app.doc_collection (name, created_by) VALUES ('c', $1) ON CONFLICT DO NOTHING) \
+             INSERT INTO app.doc (key, collection, value, version, created_by, updated_by) VALUES ('c/d', 'c', '1', 1, $1, $1)",
+            "SELECT * FROM private.doc_write_for($1, 'c/d', 'c', '1', NULL)",
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    for (who, uid) in &users {
+        for (under_policies, fast) in cases {
+            let policy = attempt(&pool, under_policies, *uid, true).await;
+            let decided = attempt(&pool, fast, *uid, false).await;
+            assert_eq!(policy.is_ok(), decided.is_ok(), "{who}: policies {policy:?}, function {decided:?}");
+            for e in [policy, decided].into_iter().filter_map(Result::err) {
+                assert!(sfp_server::auth::rls::is_refused(&e), "{who}: {e}");
+            }
+        }
+        outcomes.push((*who, attempt(&pool, cases[0].1, *uid, false).await.is_ok()));
+    }
+    // The comparison is only worth something if both answers occur.
+    assert_eq!(
+        outcomes,
+        [
+            ("owner@example.test", true),
+            ("member@example.test", false),
+            ("norole@example.test", false),
+            ("unknown", false)
+        ]
+    );
 }

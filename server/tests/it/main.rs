@@ -11,6 +11,7 @@ mod identity_cache;
 mod key_value;
 mod locks;
 mod openapi;
+mod pool;
 mod stack;
 mod supabase_clients;
 mod support;

@@ -9,7 +9,7 @@ use sfp_server::auth::AuthState;
 use sfp_server::auth::audit::AuditLog;
 use sfp_server::config::{ApiConfig, AuthConfig};
 use sfp_server::health::{DatabaseCheck, HealthChecks};
-use sfp_server::{AppState, api, stack};
+use sfp_server::{AppState, Services, api, stack};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +76,8 @@ impl TestApi {
         let auth = Arc::new(AuthState::new(JWT_SECRET.as_bytes(), auth, audit));
         sfp_server::auth::bootstrap_admin(&pool, ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
         let tasks = sfp_server::tasks::Tasks::new(pool.clone(), None, sfp_workflows::SourcePolicy::default());
-        let state = AppState { pool: pool.clone(), metrics: Metrics::new(), health, auth, tasks, credentials };
+        let state =
+            AppState::new(Services { pool: pool.clone(), metrics: Metrics::new(), health, auth, tasks, credentials });
         tokio::spawn(api::run(config, listener, state, shutdown.clone()));
         TestApi { url, client: reqwest::Client::new(), pool, shutdown }
     }
