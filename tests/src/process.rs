@@ -151,10 +151,13 @@ pub fn archive_logs(data_dir: &Path, stdout: &[String]) {
     }
 }
 
-/// Processes whose command line mentions `path` (to find anything left running on a data
-/// folder: the postmaster is started with `-D <data folder>/postgres/data`).
+/// Processes whose command line mentions `path` or that run inside it (to find anything
+/// left running on a data folder: the postmaster is started with `-D <data
+/// folder>/postgres/data`; Verdaccio renames its process but runs in `<data
+/// folder>/registry`).
 pub fn processes_mentioning(path: &Path) -> Vec<(i32, String)> {
     let needle = path.to_string_lossy().into_owned();
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return found };
     for entry in entries.flatten() {
@@ -164,7 +167,8 @@ pub fn processes_mentioning(path: &Path) -> Vec<(i32, String)> {
         }
         let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(&needle) && process_alive(pid) {
+        let inside = std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&real));
+        if (cmdline.contains(&needle) || inside) && process_alive(pid) {
             found.push((pid, cmdline));
         }
     }

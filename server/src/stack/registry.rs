@@ -158,8 +158,13 @@ pub async fn stop_leftover(data: &DataDir) -> bool {
     let state: State =
         std::fs::read(data.path(STATE_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
     let Some(pid) = state.pid else { return false };
-    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*root.to_string_lossy()));
+    // Verdaccio renames its process (its command line reads just `verdaccio`), so it is
+    // known by the folder it runs in, which we set; the command line is the fallback.
+    let real_root = std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+    let in_root = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == real_root);
+    let ours = in_root
+        || std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*root.to_string_lossy()));
     if !ours {
         return false;
     }
