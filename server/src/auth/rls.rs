@@ -4,10 +4,11 @@
 //! and end with it. An application token runs with its creator's identity: it sees what the
 //! creator sees, never more.
 //!
-//! The hottest writes (a key-value upsert, a document write) are one statement each: a
-//! function (`private.*_as`, executable only by the server's own role) that sets the same
-//! two settings and then runs the write, so the policies apply to it exactly as in such a
-//! transaction, in one round trip instead of three.
+//! The hottest statements do not run this way: point reads of the data stores say the read
+//! policy in the statement (`api::paging::CALLER_MAY_READ`), and the key-value upsert and
+//! the document write are functions (`private.*_for`, migration 20261201000021, executable
+//! only by the server's own role) that make the write policy's decision once; a test holds
+//! those decisions to the policies'.
 
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -17,9 +18,11 @@ use axum::http::StatusCode;
 use super::{Caller, CallerKind};
 use crate::api::error::ApiError;
 
-/// The claims of `caller`, as `request.jwt.claims` holds them.
-fn claims_of(caller: &Caller) -> String {
-    json!({
+pub async fn begin_as(pool: &PgPool, caller: &Caller) -> sqlx::Result<Transaction<'static, Postgres>> {
+    // BEGIN and the settings travel in one round trip (a simple-query batch, which takes no
+    // parameters), with the claims as a dollar-quoted literal: no escaping exists inside one,
+    // so only the quote tag itself must not occur in the text (else: two round trips).
+    let text = json!({
         "sub": caller.user_id,
         "role": "authenticated",
         "email": caller.email,
@@ -28,14 +31,7 @@ fn claims_of(caller: &Caller) -> String {
         "session_id": caller.session_id,
         "is_application": caller.kind == CallerKind::Application,
     })
-    .to_string()
-}
-
-pub async fn begin_as(pool: &PgPool, caller: &Caller) -> sqlx::Result<Transaction<'static, Postgres>> {
-    // BEGIN and the settings travel in one round trip (a simple-query batch, which takes no
-    // parameters), with the claims as a dollar-quoted literal: no escaping exists inside one,
-    // so only the quote tag itself must not occur in the text (else: two round trips).
-    let text = claims_of(caller);
+    .to_string();
     const TAG: &str = "$sfp_claims$";
     if text.contains(TAG) {
         let mut tx = pool.begin().await?;
