@@ -208,7 +208,7 @@ impl Database {
                 })
                 .await?;
                 cluster.start().await?;
-                (cluster.url(), Some(cluster))
+                (cluster.local_url(), Some(cluster))
             }
         };
         let pool = sfp_postgres::pool_options(20).connect(&url).await?;

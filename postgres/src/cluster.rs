@@ -4,6 +4,11 @@
 //! * `data/`         the PostgreSQL data directory (owned by the cluster's account)
 //! * `cluster.json`  superuser, password and port (mode 0600, owned by us)
 //! * `postgres.log`  the server's log
+//! * `run/`          the server's Unix socket (when the path fits the kernel's limit)
+//!
+//! The services of this machine connect through the socket ([`Cluster::local_url`]): a
+//! round trip over it costs about a quarter less than over loopback TCP, on both sides.
+//! TCP on 127.0.0.1 stays for everything else ([`Cluster::url`]).
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -170,6 +175,41 @@ impl Cluster {
         format!("postgres://{}:{}@127.0.0.1:{}/{}", self.file.superuser, self.file.password, self.file.port, database)
     }
 
+    /// The URL of the application database through the cluster's Unix socket when the
+    /// running server has one, else [`Cluster::url`] (a server started by an older version,
+    /// or a folder whose socket path would be too long).
+    pub fn local_url(&self) -> String {
+        self.local_url_for(&self.opts.database)
+    }
+
+    /// [`Cluster::local_url`] for a database of this cluster.
+    pub fn local_url_for(&self, database: &str) -> String {
+        let dir = self.socket_dir();
+        if !dir.join(format!(".s.PGSQL.{}", self.file.port)).exists() {
+            return self.url_for(database);
+        }
+        format!(
+            "postgres://{}:{}@localhost:{}/{}?host={}",
+            self.file.superuser,
+            self.file.password,
+            self.file.port,
+            database,
+            percent_encoded(&dir.to_string_lossy())
+        )
+    }
+
+    /// Where the server puts its Unix socket.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.opts.dir.join("run")
+    }
+
+    /// The socket directory if its socket path fits `sockaddr_un` (107 bytes and a NUL).
+    fn usable_socket_dir(&self) -> Option<PathBuf> {
+        let dir = self.socket_dir();
+        let socket = dir.join(format!(".s.PGSQL.{}", self.file.port));
+        (socket.as_os_str().len() <= 107 && !dir.to_string_lossy().contains(['\'', '\\'])).then_some(dir)
+    }
+
     /// The process id of the running postmaster, read from `postmaster.pid`.
     pub fn postmaster_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
@@ -265,10 +305,22 @@ impl Cluster {
     /// slow every claim until they are vacuumed.
     fn write_settings(&self) -> Result<(), Error> {
         let path = self.data_dir().join("sfp.conf");
+        let socket_dir = match self.usable_socket_dir() {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+                if let Some(run_as) = &self.run_as {
+                    run_as.chown(&dir)?;
+                }
+                set_mode(&dir, 0o700)?;
+                dir.to_string_lossy().into_owned()
+            }
+            None => String::new(),
+        };
         let text = format!(
             "listen_addresses = '127.0.0.1'\n\
              port = {}\n\
-             unix_socket_directories = ''\n\
+             unix_socket_directories = '{socket_dir}'\n\
+             unix_socket_permissions = 0700\n\
              max_connections = 200\n\
              shared_buffers = '128MB'\n\
              synchronous_commit = on\n\
@@ -341,6 +393,17 @@ async fn run(mut cmd: tokio::process::Command, what: &str) -> Result<(), Error> 
         }
     }
     Err(Error::Command { command: what.into(), detail })
+}
+
+/// A URL query value with everything but unreserved characters and `/` percent-encoded.
+fn percent_encoded(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn port_is_free(port: u16) -> bool {

@@ -32,6 +32,23 @@ async fn create_start_stop_and_reopen() {
     sqlx::raw_sql("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)").execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
 
+    // The services of this machine connect through the Unix socket (no server address),
+    // which only the cluster's account may open.
+    let local = cluster.local_url();
+    assert!(local.contains("?host=/"), "{local}");
+    let mut conn = PgConnection::connect(&local).await.unwrap();
+    let addr: Option<String> =
+        sqlx::query_scalar("SELECT host(inet_server_addr())").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(addr, None, "connected over TCP");
+    conn.close().await.unwrap();
+    let socket_dir = std::fs::metadata(cluster.socket_dir()).unwrap();
+    assert_eq!(socket_dir.permissions().mode() & 0o777, 0o700);
+    let mut conn = PgConnection::connect(&cluster.url()).await.unwrap();
+    let addr: Option<String> =
+        sqlx::query_scalar("SELECT host(inet_server_addr())").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(addr.as_deref(), Some("127.0.0.1"));
+    conn.close().await.unwrap();
+
     // A second handle sees it running and reuses it.
     let mut again = Cluster::open(opts.clone()).await.unwrap();
     assert!(!again.created());

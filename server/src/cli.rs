@@ -163,11 +163,11 @@ async fn rotate(config: &Config, retire: bool) -> anyhow::Result<crate::vault::r
         None => {
             let opts = stack::cluster_options(config);
             match sfp_postgres::Cluster::find(opts.clone()).await? {
-                Some(cluster) => (stack::connect(&cluster.url(), 2).await?, None),
+                Some(cluster) => (stack::connect(&cluster.local_url(), 2).await?, None),
                 None => {
                     let mut cluster = sfp_postgres::Cluster::open(opts).await?;
                     cluster.start().await?;
-                    (stack::connect(&cluster.url(), 2).await?, Some(cluster))
+                    (stack::connect(&cluster.local_url(), 2).await?, Some(cluster))
                 }
             }
         }

@@ -45,7 +45,7 @@ pub async fn bring_up(config: &Config, progress: impl Fn(String)) -> anyhow::Res
                     progress(format!("postgres: already running on 127.0.0.1:{}, reusing it", cluster.port()))
                 }
             }
-            (cluster.url(), Some(cluster))
+            (cluster.local_url(), Some(cluster))
         }
     };
     let pool = connect(&url, config.postgres.max_connections).await?;
