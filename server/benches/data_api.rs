@@ -7,6 +7,11 @@
 //! 2. the closed-loop maximum with 32 concurrent clients;
 //! 3. a selective document query over 1,000,000 documents (inserted with SQL), p50/p99;
 //! 4. the server process's RSS (current and peak) under that load.
+//!
+//! Diagnostics, all off by default: `SFP_BENCH_SKIP_QUERY=1` (load figures only),
+//! `SFP_BENCH_SAMPLES=<folder>` (every open-loop request with its send time, for a timeline),
+//! `SFP_BENCH_PG_SETTINGS="name=value;..."` (PostgreSQL settings for the run) and
+//! `SFP_BENCH_KEEP=1` (keep the folder, with `postgres/postgres.log`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -60,8 +65,12 @@ impl Api {
     }
 }
 
+/// One request of the open loop: what, how long, whether it succeeded, when it was sent
+/// (from the start of the loop).
+type Sample = (Op, Duration, bool, Duration);
+
 async fn open_loop(api: &Arc<Api>, rate: u64) {
-    let samples: Arc<Mutex<Vec<(Op, Duration, bool)>>> = Arc::new(Mutex::new(Vec::new()));
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(Vec::new()));
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -80,7 +89,7 @@ async fn open_loop(api: &Arc<Api>, rate: u64) {
         running.push(tokio::spawn(async move {
             let at = Instant::now();
             let ok = api.call(op, n).await;
-            samples.lock().await.push((op, at.elapsed(), ok));
+            samples.lock().await.push((op, at.elapsed(), ok, at - started));
             in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }));
     }
@@ -96,6 +105,12 @@ async fn open_loop(api: &Arc<Api>, rate: u64) {
     );
     let mut all: Vec<Duration> = samples.iter().map(|s| s.1).collect();
     all.sort();
+    // SFP_BENCH_SAMPLES=<folder>: every request (sent at, operation, latency) for a timeline.
+    if let Some(folder) = std::env::var_os("SFP_BENCH_SAMPLES") {
+        let lines: String =
+            samples.iter().map(|s| format!("{} {:?} {} {}\n", s.3.as_micros(), s.0, s.1.as_micros(), s.2)).collect();
+        std::fs::write(std::path::Path::new(&folder).join(format!("open-loop-{rate}.txt")), lines).unwrap();
+    }
     println!("open_loop_ms at {rate}: all p50 {:.2} p99 {:.2}", percentile(&all, 0.5), percentile(&all, 0.99));
     for op in OPS {
         let mut d: Vec<Duration> = samples
@@ -154,7 +169,11 @@ fn memory(pid: u32, field: &str) -> String {
 
 #[tokio::main]
 async fn main() {
-    let dir = tempfile::Builder::new().prefix("sfp-data-bench-").tempdir().unwrap();
+    let mut dir = tempfile::Builder::new().prefix("sfp-data-bench-").tempdir().unwrap();
+    if std::env::var_os("SFP_BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        println!("keeping {}", dir.path().display());
+    }
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let bin = env!("CARGO_BIN_EXE_sfp-server");
     let mut server = Command::new(bin)
@@ -191,11 +210,31 @@ async fn main() {
     for k in 0..KEYS {
         assert!(api.call(Op::KvPut, k).await && api.call(Op::DocPut, k).await, "seeding");
     }
+    let url =
+        String::from_utf8(Command::new(bin).args(["db", "url", "--data-dir"]).arg(dir.path()).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+    // SFP_BENCH_PG_SETTINGS="name=value;...": PostgreSQL settings for this run (ALTER SYSTEM,
+    // then a reload), for instance `log_autovacuum_min_duration=0` to see what the database
+    // did during a slow second; SFP_BENCH_KEEP=1 keeps the folder (and postgres.log) after.
+    if let Ok(settings) = std::env::var("SFP_BENCH_PG_SETTINGS") {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+        for setting in settings.split(';').filter(|s| !s.is_empty()) {
+            let (name, value) = setting.split_once('=').expect("name=value");
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "a setting's name: {name}");
+            let sql = format!("ALTER SYSTEM SET {name} = '{}'", value.replace('\'', "''"));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+        }
+        sqlx::query("SELECT pg_reload_conf()").execute(&mut conn).await.unwrap();
+    }
+    let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
 
     // 1. Open loop at fixed rates; at most MAX_IN_FLIGHT requests outstanding (a tick that
     // finds the cap reached is counted as not sent, so an overloaded server shows up as a
     // shortfall instead of an ever-growing client).
     for rate in RATES {
+        println!("open loop at {rate} req/s starts at unix time {:.3}", unix_now());
         let (before, at) = (cpu(pid), Instant::now());
         open_loop(&api, rate).await;
         print_cpu(&format!("{rate} req/s"), before, cpu(pid), at.elapsed().as_secs_f64());
@@ -225,6 +264,11 @@ async fn main() {
     }
     println!("closed_loop_req_per_s {:.0} ({CLIENTS} clients, mixed)", total as f64 / started.elapsed().as_secs_f64());
     print_cpu("the closed loop", before, cpu(pid), started.elapsed().as_secs_f64());
+    // How many writes went to PostgreSQL together (group commit, `api/write_batch.rs`).
+    let metrics = api.client.get(format!("{base}/metrics")).bearer_auth(&api.token).send().await.unwrap();
+    for line in metrics.text().await.unwrap().lines().filter(|l| l.starts_with("sfp_write_batch")) {
+        println!("{line}");
+    }
     // SFP_BENCH_SKIP_QUERY=1: the load figures only (a quicker run while tuning).
     if std::env::var_os("SFP_BENCH_SKIP_QUERY").is_some() {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
@@ -233,11 +277,6 @@ async fn main() {
     }
 
     // 3. A selective query over 1,000,000 documents.
-    let url =
-        String::from_utf8(Command::new(bin).args(["db", "url", "--data-dir"]).arg(dir.path()).output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .to_owned();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let loading = Instant::now();
     sqlx::query("INSERT INTO app.doc_collection (name) VALUES ('perf') ON CONFLICT DO NOTHING")

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::api::metrics::Metrics;
+use crate::api::write_batch::WriteBatches;
 use crate::auth::AuthState;
 use crate::credentials::Credentials;
 use crate::health::HealthChecks;
@@ -23,6 +24,8 @@ pub struct Services {
     pub auth: Arc<AuthState>,
     pub tasks: Tasks,
     pub credentials: Arc<Credentials>,
+    /// Concurrent key-value upserts and document writes, committed together.
+    pub writes: WriteBatches,
 }
 
 impl AppState {

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
@@ -20,6 +21,7 @@ use super::paging::{
     CALLER_MAY_READ, check_stored_json, is_plain_name, like_prefix, page_limit, read_as_reader, read_one, split_page,
     writers_only,
 };
+use super::write_batch::Batched;
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
 use crate::state::AppState;
@@ -244,17 +246,11 @@ pub async fn put(
     let collection = key.split('/').next().unwrap_or_default().to_owned();
     // One statement that makes the write policy's decision and writes (migration
     // 20261201000021 says what it does).
-    let written: Written = sqlx::query_as("SELECT * FROM private.doc_write_for($1, $2, $3, $4, $5)")
-        .bind(caller.user_id)
-        .bind(&key)
-        .bind(&collection)
-        .bind(&body.value)
-        .bind(expected)
-        .fetch_one(&state.pool)
-        .await
-        .map_err(|e| {
-            rls::write_error(e, || format!("document {key:?} was created at the same time; retry"), writers_only)
-        })?;
+    // 20261201000021 says what it does). Concurrent writes share a transaction (`write_batch`).
+    let write = DocWrite { user_id: caller.user_id, key: key.clone(), collection, value: body.value, expected };
+    let written = state.writes.doc.write(write).await.map_err(|e| {
+        rls::write_error(e, || format!("document {key:?} was created at the same time; retry"), writers_only)
+    })?;
     let (Some(created), Some(doc)) = (written.created, written.doc()) else {
         return Err(conflict(&key, expected.unwrap_or(0), written.current.unwrap_or(0)));
     };
@@ -262,18 +258,71 @@ pub async fn put(
     Ok(with_etag(status, doc_json(&doc), doc.version))
 }
 
+/// A document write (create or update), alone or in a batch.
+pub struct DocWrite {
+    pub user_id: uuid::Uuid,
+    pub key: String,
+    /// The key's first segment.
+    pub collection: String,
+    pub value: Value,
+    /// 0: only if it does not exist; `None`: whatever the version.
+    pub expected: Option<i64>,
+}
+
+impl Batched for DocWrite {
+    type Output = Written;
+
+    fn order_key(&self) -> &str {
+        &self.key
+    }
+
+    async fn one(&self, pool: &PgPool) -> Result<Written, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM private.doc_write_for($1, $2, $3, $4, $5)")
+            .bind(self.user_id)
+            .bind(&self.key)
+            .bind(&self.collection)
+            .bind(&self.value)
+            .bind(self.expected)
+            .fetch_one(pool)
+            .await
+    }
+
+    /// One statement calling the single write for each in turn (each call sees the calls
+    /// before it, so two writes to one document make two versions).
+    async fn many(items: &[&Self], pool: &PgPool) -> Result<Vec<Written>, sqlx::Error> {
+        let uids: Vec<uuid::Uuid> = items.iter().map(|w| w.user_id).collect();
+        let keys: Vec<&str> = items.iter().map(|w| w.key.as_str()).collect();
+        let collections: Vec<&str> = items.iter().map(|w| w.collection.as_str()).collect();
+        let values: Vec<&Value> = items.iter().map(|w| &w.value).collect();
+        let expected: Vec<Option<i64>> = items.iter().map(|w| w.expected).collect();
+        sqlx::query_as(
+            "SELECT r.* FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int8[]) \
+               WITH ORDINALITY AS b (uid, k, coll, v, expected, i) \
+             CROSS JOIN LATERAL private.doc_write_for(b.uid, b.k, b.coll, b.v, b.expected) AS r \
+             ORDER BY b.i",
+        )
+        .bind(uids)
+        .bind(keys)
+        .bind(collections)
+        .bind(values)
+        .bind(expected)
+        .fetch_all(pool)
+        .await
+    }
+}
+
 /// The row of a document write: the version it found, and what it wrote (all null when the
 /// expected version was not the current one).
 #[derive(sqlx::FromRow)]
-struct Written {
-    current: Option<i64>,
-    created: Option<bool>,
-    key: Option<String>,
-    collection: Option<String>,
-    value: Option<Value>,
-    version: Option<i64>,
-    created_at: Option<DateTime<Utc>>,
-    updated_at: Option<DateTime<Utc>>,
+pub struct Written {
+    pub current: Option<i64>,
+    pub created: Option<bool>,
+    pub key: Option<String>,
+    pub collection: Option<String>,
+    pub value: Option<Value>,
+    pub version: Option<i64>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl Written {

@@ -12,12 +12,14 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
 use super::paging::{
     CALLER_MAY_READ, check_stored_json, like_prefix, page_limit, read_as_reader, read_one, split_page, writers_only,
 };
+use super::write_batch::Batched;
 use crate::auth::access::Authenticated;
 use crate::auth::rls::{self, begin_as};
 use crate::state::AppState;
@@ -29,14 +31,14 @@ const MAX_TAGS: usize = 32;
 const MAX_TTL_SECONDS: i64 = 10 * 365 * 86_400;
 
 #[derive(sqlx::FromRow)]
-struct Entry {
-    key: String,
-    value: Value,
-    version: i64,
-    tags: Vec<String>,
-    expires_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+pub struct Entry {
+    pub key: String,
+    pub value: Value,
+    pub version: i64,
+    pub tags: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 fn entry_json(e: &Entry) -> Value {
@@ -52,6 +54,59 @@ fn entry_json(e: &Entry) -> Value {
 }
 
 const COLUMNS: &str = "key, value, version, tags, expires_at, created_at, updated_at";
+
+/// A plain upsert (no expected version), written alone or in a batch.
+pub struct Upsert {
+    pub user_id: uuid::Uuid,
+    pub key: String,
+    pub value: Value,
+    /// `None` keeps the tags of an existing key.
+    pub tags: Option<Vec<String>>,
+    pub ttl: Option<f64>,
+}
+
+impl Batched for Upsert {
+    type Output = Entry;
+
+    fn order_key(&self) -> &str {
+        &self.key
+    }
+
+    async fn one(&self, pool: &PgPool) -> Result<Entry, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM private.kv_upsert_for($1, $2, $3, $4, $5)")))
+            .bind(self.user_id)
+            .bind(&self.key)
+            .bind(&self.value)
+            .bind(&self.tags)
+            .bind(self.ttl)
+            .fetch_one(pool)
+            .await
+    }
+
+    /// One statement calling the single upsert for each write in turn (a function that is
+    /// volatile sees what the calls before it wrote, so two writes to a key both count).
+    async fn many(items: &[&Self], pool: &PgPool) -> Result<Vec<Entry>, sqlx::Error> {
+        let uids: Vec<uuid::Uuid> = items.iter().map(|u| u.user_id).collect();
+        let keys: Vec<&str> = items.iter().map(|u| u.key.as_str()).collect();
+        let values: Vec<&Value> = items.iter().map(|u| &u.value).collect();
+        let tags: Vec<Option<Value>> = items.iter().map(|u| u.tags.as_ref().map(|t| json!(t))).collect();
+        let ttls: Vec<Option<f64>> = items.iter().map(|u| u.ttl).collect();
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT r.* FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::float8[]) \
+               WITH ORDINALITY AS b (uid, k, v, t, ttl, i) \
+             CROSS JOIN LATERAL (SELECT {COLUMNS} FROM private.kv_upsert_for(b.uid, b.k, b.v, \
+               CASE WHEN b.t IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(b.t)) END, b.ttl)) AS r \
+             ORDER BY b.i"
+        )))
+        .bind(uids)
+        .bind(keys)
+        .bind(values)
+        .bind(tags)
+        .bind(ttls)
+        .fetch_all(pool)
+        .await
+    }
+}
 /// Rows that exist for readers: not expired.
 const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
 
@@ -231,17 +286,9 @@ pub async fn upsert(
     let Some(expected) = body.expected_version else {
         // The plain upsert: one statement that makes the write policy's decision (migration
         // 20261201000021) and writes; an expired row starts anew in it.
-        let entry: Entry = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM private.kv_upsert_for($1, $2, $3, $4, $5)"
-        )))
-        .bind(caller.user_id)
-        .bind(&body.key)
-        .bind(&body.value)
-        .bind(body.tags.clone())
-        .bind(ttl)
-        .fetch_one(&state.pool)
-        .await
-        .map_err(|e| rls::write_error(e, String::new, writers_only))?;
+        // Concurrent upserts share a transaction (`write_batch`).
+        let upsert = Upsert { user_id: caller.user_id, key: body.key, value: body.value, tags: body.tags, ttl };
+        let entry = state.writes.kv.write(upsert).await.map_err(|e| rls::write_error(e, String::new, writers_only))?;
         return Ok(Json(entry_json(&entry)));
     };
     let mut tx = begin_as(&state.pool, &caller).await?;

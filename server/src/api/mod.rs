@@ -23,6 +23,7 @@ mod tasks;
 mod teams;
 mod users;
 mod workers;
+pub mod write_batch;
 
 use std::time::Duration;
 

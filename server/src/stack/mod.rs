@@ -21,6 +21,7 @@ pub use status::{StackStatus, status};
 
 use crate::api;
 use crate::api::metrics::Metrics;
+use crate::api::write_batch::WriteBatches;
 use crate::auth::AuthState;
 use crate::auth::audit::AuditLog;
 use crate::config::Config;
@@ -174,7 +175,9 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     };
     let metrics = Metrics::new();
     metrics.with_registry(|r| tasks.metrics.register(r));
-    let state = AppState::new(Services { pool: db.pool.clone(), metrics, health, auth, tasks, credentials });
+    let writes = WriteBatches::start(&db.pool);
+    metrics.with_registry(|r| writes.register(r));
+    let state = AppState::new(Services { pool: db.pool.clone(), metrics, health, auth, tasks, credentials, writes });
     let api_task = tokio::spawn(api::run(config.api.clone(), listener, state, shutdown.clone()));
     say(format!("api: listening on {url}/sfp/api"));
 

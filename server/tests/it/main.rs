@@ -16,3 +16,4 @@ mod stack;
 mod supabase_clients;
 mod support;
 mod teams;
+mod write_batch;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use sfp_server::api::error::ErrorBody;
 use sfp_server::api::metrics::Metrics;
+use sfp_server::api::write_batch::WriteBatches;
 use sfp_server::auth::AuthState;
 use sfp_server::auth::audit::AuditLog;
 use sfp_server::config::{ApiConfig, AuthConfig};
@@ -76,8 +77,15 @@ impl TestApi {
         let auth = Arc::new(AuthState::new(JWT_SECRET.as_bytes(), auth, audit));
         sfp_server::auth::bootstrap_admin(&pool, ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
         let tasks = sfp_server::tasks::Tasks::new(pool.clone(), None, sfp_workflows::SourcePolicy::default());
-        let state =
-            AppState::new(Services { pool: pool.clone(), metrics: Metrics::new(), health, auth, tasks, credentials });
+        let state = AppState::new(Services {
+            pool: pool.clone(),
+            metrics: Metrics::new(),
+            health,
+            auth,
+            tasks,
+            credentials,
+            writes: WriteBatches::start(&pool),
+        });
         tokio::spawn(api::run(config, listener, state, shutdown.clone()));
         TestApi { url, client: reqwest::Client::new(), pool, shutdown }
     }
