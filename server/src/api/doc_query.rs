@@ -200,11 +200,9 @@ pub async fn query(
         Order::Updated => q.push("to_jsonb(d.updated_at)"),
         Order::Path(p) => q.push("coalesce(d.value #> ").push_bind(p.clone()).push(", 'null'::jsonb)"),
     };
-    // The read policy's decision for the caller, in the statement (`paging::CALLER_MAY_READ`
-    // with the caller's id bound here).
-    q.push(" AS sort_value FROM app.doc d WHERE EXISTS (SELECT 1 FROM app.user_role r WHERE r.user_id = ")
-        .push_bind(caller.user_id)
-        .push(")");
+    // The read policy's decision for the caller, in the statement.
+    q.push(" AS sort_value FROM app.doc d WHERE ");
+    super::paging::push_caller_may_read(&mut q, caller.user_id);
     if !body.collections.is_empty() {
         q.push(" AND d.collection = ANY(").push_bind(body.collections.clone()).push(")");
     }

@@ -245,8 +245,7 @@ pub async fn put(
     let expected = expected_version(body.version, &headers)?;
     let collection = key.split('/').next().unwrap_or_default().to_owned();
     // One statement that makes the write policy's decision and writes (migration
-    // 20261201000021 says what it does).
-    // 20261201000021 says what it does). Concurrent writes share a transaction (`write_batch`).
+    // 20261201000021 says what it does); concurrent writes share a transaction (`write_batch`).
     let write = DocWrite { user_id: caller.user_id, key: key.clone(), collection, value: body.value, expected };
     let written = state.writes.doc.write(write).await.map_err(|e| {
         rls::write_error(e, || format!("document {key:?} was created at the same time; retry"), writers_only)

@@ -55,6 +55,9 @@ fn entry_json(e: &Entry) -> Value {
 
 const COLUMNS: &str = "key, value, version, tags, expires_at, created_at, updated_at";
 
+/// Rows that exist for readers: not expired.
+const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
+
 /// A plain upsert (no expected version), written alone or in a batch.
 pub struct Upsert {
     pub user_id: uuid::Uuid,
@@ -107,8 +110,6 @@ impl Batched for Upsert {
         .await
     }
 }
-/// Rows that exist for readers: not expired.
-const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -285,8 +286,8 @@ pub async fn upsert(
     let ttl = body.ttl_seconds.filter(|t| *t > 0).map(|t| t as f64);
     let Some(expected) = body.expected_version else {
         // The plain upsert: one statement that makes the write policy's decision (migration
-        // 20261201000021) and writes; an expired row starts anew in it.
-        // Concurrent upserts share a transaction (`write_batch`).
+        // 20261201000021) and writes; an expired row starts anew in it. Concurrent upserts
+        // share a transaction (`write_batch`).
         let upsert = Upsert { user_id: caller.user_id, key: body.key, value: body.value, tags: body.tags, ttl };
         let entry = state.writes.kv.write(upsert).await.map_err(|e| rls::write_error(e, String::new, writers_only))?;
         return Ok(Json(entry_json(&entry)));

@@ -59,12 +59,24 @@ pub fn writers_only() -> String {
     "Forbidden - Requires role: owner, application".into()
 }
 
+/// The text of [`CALLER_MAY_READ`] up to the user's id.
+macro_rules! may_read_before_the_id {
+    () => {
+        "EXISTS (SELECT 1 FROM app.user_role r WHERE r.user_id = "
+    };
+}
+
 /// The data stores' read policy (`kv_select`, `doc_select`: everyone with a role on the
 /// instance reads) for the user whose id is `$1`, as a condition inside the statement. The
 /// server's role reads `app.user_role` itself, so this costs one index probe that PostgreSQL
 /// makes once per statement, where a policy-helper call (SECURITY DEFINER, its own settings)
 /// cost more than the read.
-pub const CALLER_MAY_READ: &str = "EXISTS (SELECT 1 FROM app.user_role r WHERE r.user_id = $1)";
+pub const CALLER_MAY_READ: &str = concat!(may_read_before_the_id!(), "$1)");
+
+/// [`CALLER_MAY_READ`] in a statement being built, with `user_id` bound where it goes.
+pub fn push_caller_may_read(q: &mut sqlx::QueryBuilder<sqlx::Postgres>, user_id: uuid::Uuid) {
+    q.push(may_read_before_the_id!()).push_bind(user_id).push(")");
+}
 
 /// For point reads of the data stores (one key): the row only if the caller may read, in
 /// one statement outside a transaction. `$1` of `sql` is the caller's user id; the statement
