@@ -103,3 +103,33 @@ async fn bad_database_names_are_refused() {
     let err = Cluster::open(opts).await.unwrap_err().to_string();
     assert!(err.contains("database name"), "{err}");
 }
+
+#[tokio::test]
+async fn a_socket_in_a_folder_with_a_space_and_tcp_once_stopped() {
+    let dir = folder();
+    let mut cluster = Cluster::open(ClusterOptions::new(dir.path().join("my pg"))).await.unwrap();
+    cluster.start().await.unwrap();
+    let local = cluster.local_url();
+    assert!(local.contains("my%20pg/run"), "{local}");
+    let mut conn = PgConnection::connect(&local).await.unwrap();
+    let addr: Option<String> =
+        sqlx::query_scalar("SELECT host(inet_server_addr())").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(addr, None, "connected over TCP");
+    conn.close().await.unwrap();
+    cluster.stop().await.unwrap();
+    // The server removes its socket when it stops: nothing names a socket that is not there.
+    assert_eq!(cluster.local_url(), cluster.url());
+}
+
+#[tokio::test]
+async fn a_socket_path_too_long_for_the_kernel_leaves_tcp_only() {
+    let dir = folder();
+    let mut cluster = Cluster::open(ClusterOptions::new(dir.path().join("p".repeat(110)))).await.unwrap();
+    cluster.start().await.unwrap();
+    assert_eq!(cluster.local_url(), cluster.url(), "no socket can exist at that path");
+    let mut conn = PgConnection::connect(&cluster.local_url()).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(one, 1);
+    conn.close().await.unwrap();
+    cluster.stop().await.unwrap();
+}
