@@ -8,10 +8,13 @@
 //! 3. a selective document query over 1,000,000 documents (inserted with SQL), p50/p99;
 //! 4. the server process's RSS (current and peak) under that load.
 //!
-//! Diagnostics, all off by default: `SFP_BENCH_SKIP_QUERY=1` (load figures only),
-//! `SFP_BENCH_SAMPLES=<folder>` (every open-loop request with its send time, for a timeline),
-//! `SFP_BENCH_PG_SETTINGS="name=value;..."` (PostgreSQL settings for the run) and
-//! `SFP_BENCH_KEEP=1` (keep the folder, with `postgres/postgres.log`).
+//! It prints a machine reference first (a fixed CPU loop, `fdatasync` latency) so that runs
+//! on different days can be compared. Diagnostics, all off by default:
+//! `SFP_BENCH_SKIP_QUERY=1` (load figures only), `SFP_BENCH_SAMPLES=<folder>` (every
+//! open-loop request with its send time, for a timeline), `SFP_BENCH_PG_SETTINGS="name=value;..."`
+//! (PostgreSQL settings for the run), `SFP_BENCH_KEEP=1` (keep the folder, with
+//! `postgres/postgres.log`) and `SFP_BENCH_SERVER_BIN=<path>` (another build of the server,
+//! for an A/B in one sitting).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -167,6 +170,36 @@ fn memory(pid: u32, field: &str) -> String {
     status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or("?").trim().to_owned()
 }
 
+/// The machine's own speed, to compare runs on different days (the same nominal machine
+/// has been up to three times faster one day than another): a fixed single-threaded loop,
+/// and 500 `fdatasync`s of an 8 KB write in the benchmark's folder.
+fn machine_reference(dir: &std::path::Path) {
+    let at = Instant::now();
+    let mut x: u64 = 1;
+    for i in 0..200_000_000u64 {
+        x = (x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i)) ^ (x >> 29);
+    }
+    std::hint::black_box(x);
+    let cpu_ms = at.elapsed().as_secs_f64() * 1000.0;
+    let file = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+    let block = vec![7u8; 8192];
+    let mut syncs = Vec::with_capacity(500);
+    for _ in 0..500 {
+        std::os::unix::fs::FileExt::write_all_at(&file, &block, 0).unwrap();
+        let at = Instant::now();
+        file.sync_data().unwrap();
+        syncs.push(at.elapsed());
+    }
+    syncs.sort();
+    drop(file);
+    let _ = std::fs::remove_file(dir.join("fsync-probe"));
+    println!(
+        "machine reference: loop {cpu_ms:.0} ms (one thread), fdatasync of 8 KB p50 {:.2} p99 {:.2} ms",
+        percentile(&syncs, 0.5),
+        percentile(&syncs, 0.99)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let mut dir = tempfile::Builder::new().prefix("sfp-data-bench-").tempdir().unwrap();
@@ -175,7 +208,10 @@ async fn main() {
         println!("keeping {}", dir.path().display());
     }
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let bin = env!("CARGO_BIN_EXE_sfp-server");
+    machine_reference(dir.path());
+    // SFP_BENCH_SERVER_BIN=<path>: another build of the server (an A/B in one sitting).
+    let bin_override = std::env::var("SFP_BENCH_SERVER_BIN").ok();
+    let bin = bin_override.as_deref().unwrap_or(env!("CARGO_BIN_EXE_sfp-server"));
     let mut server = Command::new(bin)
         .args(["start", "--port", "0", "--data-dir"])
         .arg(dir.path())

@@ -11,6 +11,10 @@ use crate::credentials::Credentials;
 use crate::health::HealthChecks;
 use crate::tasks::Tasks;
 
+/// Connections for the data stores' point reads, beside the main pool: with two cores,
+/// more statements at once than this only queue inside PostgreSQL instead.
+pub const READ_CONNECTIONS: usize = 8;
+
 /// The services, shared: a clone is one reference count (axum clones the state for every
 /// layer and extractor of every request; cloning each service's handles was 5–10 % of the
 /// server's CPU per request).
@@ -26,6 +30,8 @@ pub struct Services {
     pub credentials: Arc<Credentials>,
     /// Concurrent key-value upserts and document writes, committed together.
     pub writes: WriteBatches,
+    /// Connections for the data stores' point reads (`api::paging::read_one`).
+    pub reads: sfp_postgres::StatementPool,
 }
 
 impl AppState {

@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
@@ -159,7 +158,7 @@ pub async fn get(
         )))
         .bind(caller.user_id)
         .bind(key);
-        let doc: Doc = read_one(&state.pool, &caller, query)
+        let doc: Doc = read_one(&state.reads, &caller, query)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("no document {key:?}")))?;
         return Ok(with_etag(StatusCode::OK, doc_json(&doc), doc.version));
@@ -275,20 +274,20 @@ impl Batched for DocWrite {
         &self.key
     }
 
-    async fn one(&self, pool: &PgPool) -> Result<Written, sqlx::Error> {
+    async fn one(&self, conn: &mut sqlx::PgConnection) -> Result<Written, sqlx::Error> {
         sqlx::query_as("SELECT * FROM private.doc_write_for($1, $2, $3, $4, $5)")
             .bind(self.user_id)
             .bind(&self.key)
             .bind(&self.collection)
             .bind(&self.value)
             .bind(self.expected)
-            .fetch_one(pool)
+            .fetch_one(conn)
             .await
     }
 
     /// One statement calling the single write for each in turn (each call sees the calls
     /// before it, so two writes to one document make two versions).
-    async fn many(items: &[&Self], pool: &PgPool) -> Result<Vec<Written>, sqlx::Error> {
+    async fn many(items: &[&Self], conn: &mut sqlx::PgConnection) -> Result<Vec<Written>, sqlx::Error> {
         let uids: Vec<uuid::Uuid> = items.iter().map(|w| w.user_id).collect();
         let keys: Vec<&str> = items.iter().map(|w| w.key.as_str()).collect();
         let collections: Vec<&str> = items.iter().map(|w| w.collection.as_str()).collect();
@@ -305,7 +304,7 @@ impl Batched for DocWrite {
         .bind(collections)
         .bind(values)
         .bind(expected)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await
     }
 }

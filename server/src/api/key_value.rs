@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
@@ -75,20 +74,20 @@ impl Batched for Upsert {
         &self.key
     }
 
-    async fn one(&self, pool: &PgPool) -> Result<Entry, sqlx::Error> {
+    async fn one(&self, conn: &mut sqlx::PgConnection) -> Result<Entry, sqlx::Error> {
         sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM private.kv_upsert_for($1, $2, $3, $4, $5)")))
             .bind(self.user_id)
             .bind(&self.key)
             .bind(&self.value)
             .bind(&self.tags)
             .bind(self.ttl)
-            .fetch_one(pool)
+            .fetch_one(conn)
             .await
     }
 
     /// One statement calling the single upsert for each write in turn (a function that is
     /// volatile sees what the calls before it wrote, so two writes to a key both count).
-    async fn many(items: &[&Self], pool: &PgPool) -> Result<Vec<Entry>, sqlx::Error> {
+    async fn many(items: &[&Self], conn: &mut sqlx::PgConnection) -> Result<Vec<Entry>, sqlx::Error> {
         let uids: Vec<uuid::Uuid> = items.iter().map(|u| u.user_id).collect();
         let keys: Vec<&str> = items.iter().map(|u| u.key.as_str()).collect();
         let values: Vec<&Value> = items.iter().map(|u| &u.value).collect();
@@ -106,7 +105,7 @@ impl Batched for Upsert {
         .bind(values)
         .bind(tags)
         .bind(ttls)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await
     }
 }
@@ -351,7 +350,7 @@ pub async fn get(
     )))
     .bind(caller.user_id)
     .bind(&key);
-    let entry: Option<Entry> = read_one(&state.pool, &caller, query).await?;
+    let entry: Option<Entry> = read_one(&state.reads, &caller, query).await?;
     let entry = entry.ok_or_else(|| ApiError::not_found(format!("no key {key:?}")))?;
     Ok(Json(entry_json(&entry)))
 }

@@ -83,18 +83,25 @@ pub fn push_caller_may_read(q: &mut sqlx::QueryBuilder<sqlx::Postgres>, user_id:
 /// must say `AND {CALLER_MAY_READ}`. Without a row, the decision is asked again to tell 403
 /// from 404.
 pub async fn read_one<T>(
-    pool: &sqlx::PgPool,
+    reads: &sfp_postgres::StatementPool,
     caller: &Caller,
     query: sqlx::query::QueryAs<'_, Postgres, T, sqlx::postgres::PgArguments>,
 ) -> ApiResult<Option<T>>
 where
     T: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
 {
-    if let Some(row) = query.fetch_optional(pool).await? {
+    let mut conn = reads.acquire().await?;
+    let row = query.fetch_optional(&mut *conn).await;
+    conn.settle(&row);
+    if let Some(row) = row? {
         return Ok(Some(row));
     }
-    may_read(pool, caller).await?;
-    Ok(None)
+    let allowed = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {CALLER_MAY_READ}")))
+        .bind(caller.user_id)
+        .fetch_one(&mut *conn)
+        .await;
+    conn.settle(&allowed);
+    if allowed? { Ok(None) } else { Err(reader_refused()) }
 }
 
 /// The data stores' read policy for `caller`: 403 unless they have a role on the instance.

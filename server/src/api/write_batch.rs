@@ -14,6 +14,8 @@
 //! the same order and cannot deadlock each other; writes to one key in a batch keep their
 //! arrival order (writes in flight at the same time, like concurrent requests, have no order
 //! among them).
+//! Each batch in flight has its own connection from a [`StatementPool`], taken back without
+//! the round trip sqlx's pool makes when a connection returns.
 //! If the batch fails with a database error, its transaction is rolled back and every write
 //! in it runs again on its own, so each caller gets the answer (or the error) its write alone
 //! would have had. Any other failure (the connection lost) leaves the outcome unknown, as for
@@ -24,7 +26,8 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use sqlx::PgPool;
+use sfp_postgres::{Lent, StatementPool};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub use super::doc_store::{DocWrite, Written};
@@ -40,7 +43,10 @@ impl WriteBatches {
     /// Starts their queues' tasks (needs a Tokio runtime); they end when the last handle is
     /// dropped, after writing what is queued.
     pub fn start(pool: &PgPool) -> Self {
-        WriteBatches { kv: Batcher::start(pool.clone()), doc: Batcher::start(pool.clone()) }
+        WriteBatches {
+            kv: Batcher::start(StatementPool::beside(pool, IN_FLIGHT)),
+            doc: Batcher::start(StatementPool::beside(pool, IN_FLIGHT)),
+        }
     }
 
     /// Adds their counters to the metrics (`sfp_write_batches_total{kind="kv"}`, ...).
@@ -86,11 +92,14 @@ pub trait Batched: Sized + Send + Sync + 'static {
     fn order_key(&self) -> &str;
 
     /// The write alone, in its own transaction.
-    fn one(&self, pool: &PgPool) -> impl Future<Output = Result<Self::Output, sqlx::Error>> + Send;
+    fn one(&self, conn: &mut PgConnection) -> impl Future<Output = Result<Self::Output, sqlx::Error>> + Send;
 
     /// The writes together, in one transaction, in the order given; one output per write, in
     /// that order.
-    fn many(items: &[&Self], pool: &PgPool) -> impl Future<Output = Result<Vec<Self::Output>, sqlx::Error>> + Send;
+    fn many(
+        items: &[&Self],
+        conn: &mut PgConnection,
+    ) -> impl Future<Output = Result<Vec<Self::Output>, sqlx::Error>> + Send;
 }
 
 struct Pending<T: Batched> {
@@ -106,8 +115,9 @@ pub struct Batcher<T: Batched> {
 }
 
 impl<T: Batched> Batcher<T> {
-    /// Starts the task that writes the queue (needs a Tokio runtime).
-    pub fn start(pool: PgPool) -> Self {
+    /// Starts the task that writes the queue (needs a Tokio runtime), through connections of
+    /// `pool` (one per batch in flight: its size should be [`IN_FLIGHT`]).
+    pub fn start(pool: StatementPool) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let stats = BatchStats::default();
         tokio::spawn(drain(pool, rx, stats.clone()));
@@ -122,7 +132,7 @@ impl<T: Batched> Batcher<T> {
     }
 }
 
-async fn drain<T: Batched>(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending<T>>, stats: BatchStats) {
+async fn drain<T: Batched>(pool: StatementPool, mut rx: mpsc::UnboundedReceiver<Pending<T>>, stats: BatchStats) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // Wait for a free slot first: whatever arrives meanwhile joins this batch.
@@ -144,48 +154,72 @@ async fn drain<T: Batched>(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending
     let _ = slots.acquire_many(IN_FLIGHT as u32).await;
 }
 
-async fn write_batch<T: Batched>(pool: &PgPool, mut batch: Vec<Pending<T>>, stats: &BatchStats) {
+async fn write_batch<T: Batched>(pool: &StatementPool, mut batch: Vec<Pending<T>>, stats: &BatchStats) {
     // A stable sort: writes to one key stay in arrival order.
     batch.sort_by(|a, b| a.item.order_key().cmp(b.item.order_key()));
+    let mut lent = None;
     if batch.len() > 1 {
         stats.batches.inc();
         stats.batched_writes.inc_by(batch.len() as u64);
-        let items: Vec<&T> = batch.iter().map(|p| &p.item).collect();
-        match T::many(&items, pool).await {
-            Ok(outputs) if outputs.len() == batch.len() => {
-                for (pending, output) in batch.into_iter().zip(outputs) {
-                    let _ = pending.reply.send(Ok(output));
-                }
-                return;
-            }
-            Ok(outputs) => {
-                tracing::error!(
-                    writes = batch.len(),
-                    outputs = outputs.len(),
-                    "a batch write returned the wrong count"
-                );
-            }
-            Err(sqlx::Error::Database(e)) => {
-                // Rolled back: each write again on its own, for its own answer.
-                tracing::debug!(writes = batch.len(), code = ?e.code(), "a batch failed; writing its writes one by one");
-                stats.retried_alone.inc_by(batch.len() as u64);
-            }
-            Err(e @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)) => {
-                // Nothing was sent; each write alone gets its own chance (and its own error).
-                tracing::debug!(writes = batch.len(), error = %e, "no connection for a batch; writing one by one");
-            }
+        match connection(&mut lent, pool).await {
+            // Nothing was sent; each write alone gets its own chance (and its own error).
             Err(e) => {
-                for pending in batch {
-                    let _ = pending.reply.send(Err(same_error(&e)));
+                tracing::debug!(writes = batch.len(), error = %e, "no connection for a batch; writing one by one")
+            }
+            Ok(conn) => {
+                let items: Vec<&T> = batch.iter().map(|p| &p.item).collect();
+                let result = T::many(&items, conn).await;
+                conn.settle(&result);
+                match result {
+                    Ok(outputs) if outputs.len() == batch.len() => {
+                        for (pending, output) in batch.into_iter().zip(outputs) {
+                            let _ = pending.reply.send(Ok(output));
+                        }
+                        return;
+                    }
+                    Ok(outputs) => {
+                        tracing::error!(
+                            writes = batch.len(),
+                            outputs = outputs.len(),
+                            "a batch write returned the wrong count"
+                        );
+                    }
+                    Err(sqlx::Error::Database(e)) => {
+                        // Rolled back: each write again on its own, for its own answer.
+                        tracing::debug!(writes = batch.len(), code = ?e.code(), "a batch failed; writing its writes one by one");
+                        stats.retried_alone.inc_by(batch.len() as u64);
+                    }
+                    Err(e) => {
+                        for pending in batch {
+                            let _ = pending.reply.send(Err(same_error(&e)));
+                        }
+                        return;
+                    }
                 }
-                return;
             }
         }
     }
     for pending in batch {
-        let result = pending.item.one(pool).await;
+        let result = match connection(&mut lent, pool).await {
+            Ok(conn) => {
+                let result = pending.item.one(conn).await;
+                conn.settle(&result);
+                result
+            }
+            Err(e) => Err(e),
+        };
         let _ = pending.reply.send(result);
     }
+}
+
+/// The batch's connection: the one it has while that is in a known state, else a new one.
+async fn connection<'a>(lent: &'a mut Option<Lent>, pool: &StatementPool) -> sqlx::Result<&'a mut Lent> {
+    if lent.as_ref().is_none_or(|l| !l.is_settled()) {
+        // Give back (close) an unsettled one first: the pool lends one per batch in flight.
+        *lent = None;
+        *lent = Some(pool.acquire().await?);
+    }
+    Ok(lent.as_mut().expect("just set"))
 }
 
 /// An error for each caller of a batch whose outcome is unknown (sqlx errors are not `Clone`).

@@ -177,7 +177,9 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     metrics.with_registry(|r| tasks.metrics.register(r));
     let writes = WriteBatches::start(&db.pool);
     metrics.with_registry(|r| writes.register(r));
-    let state = AppState::new(Services { pool: db.pool.clone(), metrics, health, auth, tasks, credentials, writes });
+    let reads = sfp_postgres::StatementPool::beside(&db.pool, crate::state::READ_CONNECTIONS);
+    let state =
+        AppState::new(Services { pool: db.pool.clone(), metrics, health, auth, tasks, credentials, writes, reads });
     let api_task = tokio::spawn(api::run(config.api.clone(), listener, state, shutdown.clone()));
     say(format!("api: listening on {url}/sfp/api"));
 

@@ -13,6 +13,7 @@ mod locks;
 mod openapi;
 mod pool;
 mod stack;
+mod statement_pool;
 mod supabase_clients;
 mod support;
 mod teams;

@@ -85,6 +85,7 @@ impl TestApi {
             tasks,
             credentials,
             writes: WriteBatches::start(&pool),
+            reads: sfp_postgres::StatementPool::beside(&pool, sfp_server::state::READ_CONNECTIONS),
         });
         tokio::spawn(api::run(config, listener, state, shutdown.clone()));
         TestApi { url, client: reqwest::Client::new(), pool, shutdown }
