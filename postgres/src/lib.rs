@@ -21,4 +21,4 @@ pub use cluster::{Cluster, ClusterOptions, StartOutcome, pid_running, wait_for_e
 pub use error::Error;
 pub use migrate::{MIGRATOR, MigrationReport, applied_migrations, migrate};
 pub use pool::{CHECK_AFTER_IDLE, pool_options, pool_options_checking_after};
-pub use statement_pool::{Lent, StatementPool};
+pub use statement_pool::{ACQUIRE_TIMEOUT, LOCK_TIMEOUT, Lent, STATEMENT_TIMEOUT, StatementPool};

@@ -26,6 +26,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// How long [`StatementPool::acquire`] waits for a connection, as the main pool does.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest a statement of this pool waits for a row lock (PostgreSQL's `lock_timeout`):
+/// its statements take milliseconds, so a longer wait means a lock held elsewhere (an
+/// operator's open transaction, say), and the statement gives up (`55P03`) instead of
+/// keeping its connection, and the callers queued behind it, waiting.
+pub const LOCK_TIMEOUT: &str = "5s";
+/// The longest any statement of this pool runs (`statement_timeout`, then `57014`).
+pub const STATEMENT_TIMEOUT: &str = "30s";
+
 /// At most `size` connections, opened when first needed.
 #[derive(Clone)]
 pub struct StatementPool {
@@ -55,9 +63,15 @@ impl StatementPool {
         }
     }
 
-    /// A pool of `size` reaching the database `pool` reaches, the same way.
+    /// A pool of `size` reaching the database `pool` reaches, the same way, its statements
+    /// bounded by [`LOCK_TIMEOUT`] and [`STATEMENT_TIMEOUT`].
     pub fn beside(pool: &PgPool, size: usize) -> Self {
-        StatementPool::new(pool.connect_options().as_ref().clone(), size, crate::CHECK_AFTER_IDLE)
+        let options = pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .options([("lock_timeout", LOCK_TIMEOUT), ("statement_timeout", STATEMENT_TIMEOUT)]);
+        StatementPool::new(options, size, crate::CHECK_AFTER_IDLE)
     }
 
     /// How many connections the pool has opened so far.

@@ -94,6 +94,13 @@ impl From<sqlx::Error> for ApiError {
                 err.cause = Some(e.to_string());
                 err
             }
+            // A statement that gave up waiting for a lock or ran out of time
+            // (`sfp_postgres::LOCK_TIMEOUT`, `STATEMENT_TIMEOUT`): busy, not broken.
+            sqlx::Error::Database(ref d) if matches!(d.code().as_deref(), Some("55P03" | "57014")) => {
+                let mut err = ApiError::unavailable("the database is busy with this record; try again shortly");
+                err.cause = Some(e.to_string());
+                err
+            }
             other => ApiError::internal(other),
         }
     }

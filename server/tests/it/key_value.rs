@@ -349,3 +349,30 @@ async fn the_fast_writes_decide_as_the_policies_do(pool: PgPool) {
         ]
     );
 }
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn a_write_stuck_behind_a_held_row_lock_gives_up_with_503_and_frees_its_lane(pool: PgPool) {
+    let app = TestApi::spawn(pool.clone()).await;
+    let owner = app.admin_token().await;
+    let upsert = |key: &str, n: i64| {
+        app.request("POST", "/sfp/api/key-value/upsert").bearer_auth(&owner).json(&json!({"key": key, "value": n}))
+    };
+    assert_eq!(send(upsert("held", 1)).await.0, 200);
+    // Someone else (an operator in psql, say) holds the row's lock in an open transaction.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM app.kv_entry WHERE key = 'held' FOR UPDATE").execute(&mut *holder).await.unwrap();
+
+    // (Without a bound on the lock wait, this request would hang for as long as the lock.)
+    let stuck = tokio::time::timeout(std::time::Duration::from_secs(30), send(upsert("held", 2)));
+    let (status, body) = stuck.await.expect("the stuck write gave up");
+    assert_eq!((status, body["code"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("unavailable")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("try again"), "{body}");
+    // The lane it waited in is free again: other keys are written as before.
+    for n in 0..4 {
+        assert_eq!(send(upsert(&format!("free/{n}"), n)).await.0, 200);
+    }
+    // Once the lock is released, the same write goes through, one version on.
+    holder.rollback().await.unwrap();
+    let (status, body) = send(upsert("held", 3)).await;
+    assert_eq!((status, body["version"].clone(), body["value"].clone()), (StatusCode::OK, json!(2), json!(3)));
+}
