@@ -80,7 +80,9 @@ pub struct PostgresConfig {
     pub os_user: String,
     /// Connections in the server's pool (the API, its loops and the embedded engine share
     /// it). More is not faster: on a 2-core machine 8 to 10 served the most requests and 20
-    /// was slower (BENCHMARKS.md, data APIs).
+    /// was slower (BENCHMARKS.md, data APIs). The data stores' point reads and write batches
+    /// have their own connections beside it (`state::READ_CONNECTIONS` and two per kind of
+    /// batched write, `api::write_batch::IN_FLIGHT`), opened when first needed.
     pub max_connections: u32,
 }
 
