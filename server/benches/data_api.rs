@@ -200,7 +200,10 @@ fn machine_reference(dir: &std::path::Path) {
     );
 }
 
-#[tokio::main]
+// One thread for the load generator: it shares the two cores with the server and PostgreSQL,
+// and on one thread it keeps about 0.14 of a core busy at 2,000 req/s instead of 0.20
+// (BENCHMARKS.md, session 9).
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut dir = tempfile::Builder::new().prefix("sfp-data-bench-").tempdir().unwrap();
     if std::env::var_os("SFP_BENCH_KEEP").is_some() {
