@@ -99,11 +99,15 @@ impl StatementPool {
                 // Gone while idle (a restart, a dropped link): try the next one.
                 continue;
             }
-            return Ok(Lent { conn: Some(conn), settled: true, pool: self.inner.clone(), _permit: permit });
+            return Ok(self.lent(conn, permit));
         }
         let conn = PgConnection::connect_with(&self.inner.options).await?;
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Lent { conn: Some(conn), settled: true, pool: self.inner.clone(), _permit: permit })
+        Ok(self.lent(conn, permit))
+    }
+
+    fn lent(&self, conn: PgConnection, permit: OwnedSemaphorePermit) -> Lent {
+        Lent { conn: Some(conn), settled: true, pool: self.inner.clone(), _permit: permit }
     }
 }
 
@@ -128,9 +132,7 @@ impl Lent {
     pub fn settle<T>(&mut self, result: &Result<T, sqlx::Error>) {
         self.settled = matches!(result, Ok(_) | Err(sqlx::Error::Database(_) | sqlx::Error::RowNotFound));
     }
-}
 
-impl Lent {
     /// Whether the connection is in a known state (see [`Lent::settle`]).
     pub fn is_settled(&self) -> bool {
         self.settled

@@ -89,18 +89,16 @@ impl std::fmt::Display for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                let mut err = ApiError::unavailable("the database is not reachable; try again shortly");
-                err.cause = Some(e.to_string());
-                err
-            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => ApiError {
+                cause: Some(e.to_string()),
+                ..ApiError::unavailable("the database is not reachable; try again shortly")
+            },
             // A statement that gave up waiting for a lock or ran out of time
             // (`sfp_postgres::LOCK_TIMEOUT`, `STATEMENT_TIMEOUT`): busy, not broken.
-            sqlx::Error::Database(ref d) if matches!(d.code().as_deref(), Some("55P03" | "57014")) => {
-                let mut err = ApiError::unavailable("the database is busy with this record; try again shortly");
-                err.cause = Some(e.to_string());
-                err
-            }
+            sqlx::Error::Database(ref d) if matches!(d.code().as_deref(), Some("55P03" | "57014")) => ApiError {
+                cause: Some(e.to_string()),
+                ..ApiError::unavailable("the database is busy with this record; try again shortly")
+            },
             other => ApiError::internal(other),
         }
     }

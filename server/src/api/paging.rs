@@ -96,21 +96,22 @@ where
     if let Some(row) = row? {
         return Ok(Some(row));
     }
-    let allowed = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {CALLER_MAY_READ}")))
-        .bind(caller.user_id)
-        .fetch_one(&mut *conn)
-        .await;
+    let allowed = caller_may_read(&mut *conn, caller).await;
     conn.settle(&allowed);
     if allowed? { Ok(None) } else { Err(reader_refused()) }
 }
 
 /// The data stores' read policy for `caller`: 403 unless they have a role on the instance.
 pub async fn may_read(pool: &sqlx::PgPool, caller: &Caller) -> ApiResult<()> {
-    let allowed: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {CALLER_MAY_READ}")))
+    if caller_may_read(pool, caller).await? { Ok(()) } else { Err(reader_refused()) }
+}
+
+/// Whether the read policy lets `caller` read (one statement).
+async fn caller_may_read<'e>(db: impl sqlx::PgExecutor<'e>, caller: &Caller) -> sqlx::Result<bool> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {CALLER_MAY_READ}")))
         .bind(caller.user_id)
-        .fetch_one(pool)
-        .await?;
-    if allowed { Ok(()) } else { Err(reader_refused()) }
+        .fetch_one(db)
+        .await
 }
 
 fn reader_refused() -> ApiError {

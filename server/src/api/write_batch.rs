@@ -200,16 +200,17 @@ async fn write_batch<T: Batched>(pool: &StatementPool, mut batch: Vec<Pending<T>
         }
     }
     for pending in batch {
-        let result = match connection(&mut lent, pool).await {
-            Ok(conn) => {
-                let result = pending.item.one(conn).await;
-                conn.settle(&result);
-                result
-            }
-            Err(e) => Err(e),
-        };
+        let result = write_alone(&pending.item, &mut lent, pool).await;
         let _ = pending.reply.send(result);
     }
+}
+
+/// One write on its own, on the batch's connection.
+async fn write_alone<T: Batched>(item: &T, lent: &mut Option<Lent>, pool: &StatementPool) -> sqlx::Result<T::Output> {
+    let conn = connection(lent, pool).await?;
+    let result = item.one(conn).await;
+    conn.settle(&result);
+    result
 }
 
 /// The batch's connection: the one it has while that is in a known state, else a new one.

@@ -1,7 +1,5 @@
 //! The instance's database: the managed cluster in the data folder, or an external one.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use sfp_postgres::{Cluster, ClusterOptions, StartOutcome};
 use sqlx::PgPool;
@@ -60,7 +58,7 @@ pub async fn bring_up(config: &Config, progress: impl Fn(String)) -> anyhow::Res
 
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     sfp_postgres::pool_options(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(sfp_postgres::ACQUIRE_TIMEOUT)
         .connect(url)
         .await
         .context("connecting to PostgreSQL")
