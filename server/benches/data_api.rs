@@ -14,7 +14,8 @@
 //! open-loop request with its send time, for a timeline), `SFP_BENCH_PG_SETTINGS="name=value;..."`
 //! (PostgreSQL settings for the run), `SFP_BENCH_KEEP=1` (keep the folder, with
 //! `postgres/postgres.log`) and `SFP_BENCH_SERVER_BIN=<path>` (another build of the server,
-//! for an A/B in one sitting).
+//! for an A/B in one sitting). Each load phase also reports the machine's busy, iowait and
+//! steal time (`/proc/stat`), since a shared host's slow spells are not the code's.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -165,6 +166,118 @@ fn print_cpu(phase: &str, before: [f64; 3], after: [f64; 3], wall: f64) {
     );
 }
 
+/// The whole machine's CPU time by state, from `/proc/stat`'s first line, in clock ticks:
+/// busy (user, nice, system, irq, softirq), iowait, steal (time the hypervisor gave to
+/// others, where the guest is told), idle.
+fn machine_ticks() -> [u64; 4] {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    [at(0) + at(1) + at(2) + at(5) + at(6), at(4), at(7), at(3)]
+}
+
+/// Watches the machine while a phase runs: `/proc/stat` at both ends, and a thread that
+/// sleeps 1 ms at a time and records how late it wakes. A late wake-up of that mostly idle
+/// thread is a stall of the whole guest (the hypervisor ran something else, which a
+/// Firecracker guest does not report as steal) or CPU queueing, not our code.
+struct MachineSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ticks: [u64; 4],
+    thread: std::thread::JoinHandle<Vec<Late>>,
+    stalled: u64,
+}
+
+/// A late wake-up of the sampler: when, how late, and how much of that it spent runnable but
+/// waiting for a CPU of this machine (the rest is time the guest did not run at all, or
+/// timer delay).
+struct Late {
+    at: Duration,
+    over: Duration,
+    queued: Duration,
+}
+
+/// Nanoseconds this thread has waited on a run queue (`/proc/thread-self/schedstat`).
+fn queued_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    stat.split_whitespace().nth(1).and_then(|w| w.parse().ok()).unwrap_or(0)
+}
+
+/// Microseconds in which some runnable task waited for a CPU (`/proc/pressure/cpu`).
+fn cpu_stalled_us() -> u64 {
+    let pressure = std::fs::read_to_string("/proc/pressure/cpu").unwrap_or_default();
+    let some = pressure.lines().next().unwrap_or("");
+    some.split_whitespace().find_map(|f| f.strip_prefix("total=")).and_then(|t| t.parse().ok()).unwrap_or(0)
+}
+
+const NAP: Duration = Duration::from_millis(1);
+/// A wake-up later than this is kept (when, how late).
+const LATE: Duration = Duration::from_micros(500);
+
+impl MachineSampler {
+    fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut late = Vec::new();
+            let mut queued = queued_ns();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = Instant::now();
+                std::thread::sleep(NAP);
+                let over = at.elapsed().saturating_sub(NAP);
+                let now_queued = queued_ns();
+                if over > LATE {
+                    late.push(Late { at: at - started, over, queued: Duration::from_nanos(now_queued - queued) });
+                }
+                queued = now_queued;
+            }
+            late
+        });
+        MachineSampler { stop, ticks: machine_ticks(), thread, stalled: cpu_stalled_us() }
+    }
+
+    /// Prints the phase's busy, iowait and steal shares (in cores) and the sampler's late
+    /// wake-ups; with `SFP_BENCH_SAMPLES` also writes those (`late-wakeups-<phase>.txt`).
+    fn finish(self, phase: &str, wall: f64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let late = self.thread.join().unwrap();
+        let ticks = machine_ticks();
+        let share = |i: usize| (ticks[i] - self.ticks[i]) as f64 / 100.0 / wall;
+        let stalled = (cpu_stalled_us() - self.stalled) as f64 / 1e6 / wall;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let over = |min_ms: f64| late.iter().filter(|l| ms(l.over) > min_ms).collect::<Vec<_>>();
+        let (late_1, late_3) = (over(1.0), over(3.0));
+        let lost = |l: &[&Late]| l.iter().map(|l| ms(l.over)).sum::<f64>();
+        let queued = |l: &[&Late]| l.iter().map(|l| ms(l.queued.min(l.over))).sum::<f64>();
+        println!(
+            "machine during {phase}: cores busy {:.2}, iowait {:.2}, steal {:.2}; some task waiting for a CPU {:.0}% of the time",
+            share(0),
+            share(1),
+            share(2),
+            stalled * 100.0
+        );
+        println!(
+            "machine during {phase}: a 1 ms nap woke > 1 ms late {} times ({:.0} ms late in all, {:.0} ms of it waiting for a CPU), > 3 ms {} times ({:.0} ms, {:.0} ms waiting), at worst {:.1} ms",
+            late_1.len(),
+            lost(&late_1),
+            queued(&late_1),
+            late_3.len(),
+            lost(&late_3),
+            queued(&late_3),
+            late.iter().map(|l| ms(l.over)).fold(0.0, f64::max)
+        );
+        if let Some(folder) = std::env::var_os("SFP_BENCH_SAMPLES") {
+            let lines: String = late
+                .iter()
+                .map(|l| format!("{} {} {}\n", l.at.as_micros(), l.over.as_micros(), l.queued.as_micros()))
+                .collect();
+            let name = format!("late-wakeups-{}.txt", phase.replace(' ', "-").replace(['/', ','], ""));
+            std::fs::write(std::path::Path::new(&folder).join(name), lines).unwrap();
+        }
+    }
+}
+
 fn memory(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or("?").trim().to_owned()
@@ -274,14 +387,15 @@ async fn main() {
     // shortfall instead of an ever-growing client).
     for rate in RATES {
         println!("open loop at {rate} req/s starts at unix time {:.3}", unix_now());
-        let (before, at) = (cpu(pid), Instant::now());
+        let (before, at, machine) = (cpu(pid), Instant::now(), MachineSampler::start());
         open_loop(&api, rate).await;
+        machine.finish(&format!("{rate} req/s"), at.elapsed().as_secs_f64());
         print_cpu(&format!("{rate} req/s"), before, cpu(pid), at.elapsed().as_secs_f64());
         println!("server_rss_under_load {} (peak {})", memory(pid, "VmRSS:"), memory(pid, "VmHWM:"));
     }
 
     // 2. Closed loop: as fast as CLIENTS clients go.
-    let before = cpu(pid);
+    let (before, machine) = (cpu(pid), MachineSampler::start());
     let started = Instant::now();
     let mut workers = Vec::new();
     for c in 0..CLIENTS {
@@ -302,6 +416,7 @@ async fn main() {
         total += w.await.unwrap();
     }
     println!("closed_loop_req_per_s {:.0} ({CLIENTS} clients, mixed)", total as f64 / started.elapsed().as_secs_f64());
+    machine.finish("the closed loop", started.elapsed().as_secs_f64());
     print_cpu("the closed loop", before, cpu(pid), started.elapsed().as_secs_f64());
     // How many writes went to PostgreSQL together (group commit, `api/write_batch.rs`).
     let metrics = api.client.get(format!("{base}/metrics")).bearer_auth(&api.token).send().await.unwrap();

@@ -114,3 +114,49 @@ async fn queued_document_writes_keep_versions_history_and_conflicts(pool: PgPool
     assert_eq!(history.len(), 20, "every write in the history once");
     assert_eq!(history.last().unwrap(), &(20, json!({"n": 21})));
 }
+
+/// Waits until `n` sessions wait for a lock.
+async fn wait_for_lock_waiters(pool: &PgPool, n: usize) {
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if waiting as usize >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn a_document_created_meanwhile_by_another_write_is_updated_not_refused(pool: PgPool) {
+    let owner = user(&pool, "owner@example.test", Role::Owner).await;
+    let writes = WriteBatches::start(&pool);
+    // Another transaction creates the document and has not committed yet.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO app.doc_collection (name) VALUES ('race')").execute(&mut *other).await.unwrap();
+    sqlx::query("INSERT INTO app.doc (key, collection, value) VALUES ('race/d', 'race', '{\"by\": \"other\"}')")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let write = DocWrite {
+        user_id: owner,
+        key: "race/d".into(),
+        collection: "race".into(),
+        value: json!({"by": "us"}),
+        expected: None,
+    };
+    let ours = writes.doc.write(write);
+    tokio::pin!(ours);
+    tokio::select! {
+        done = &mut ours => panic!("the write did not wait for the other creation: {:?}", done.map(|w| w.version)),
+        _ = wait_for_lock_waiters(&pool, 1) => {}
+    }
+    other.commit().await.unwrap();
+    let ours = ours.await.expect("a write with no expected version is not refused when the document appears meanwhile");
+    assert_eq!((ours.created, ours.version, ours.value), (Some(false), Some(2), Some(json!({"by": "us"}))));
+    let stored: (i64, serde_json::Value) =
+        sqlx::query_as("SELECT version, value FROM app.doc WHERE key = 'race/d'").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, (2, json!({"by": "us"})));
+}
