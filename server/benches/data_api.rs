@@ -14,8 +14,9 @@
 //! open-loop request with its send time, for a timeline), `SFP_BENCH_PG_SETTINGS="name=value;..."`
 //! (PostgreSQL settings for the run), `SFP_BENCH_KEEP=1` (keep the folder, with
 //! `postgres/postgres.log`) and `SFP_BENCH_SERVER_BIN=<path>` (another build of the server,
-//! for an A/B in one sitting). Each load phase also reports the machine's busy, iowait and
-//! steal time (`/proc/stat`), since a shared host's slow spells are not the code's.
+//! for an A/B in one sitting). Each load phase also reports what the machine did meanwhile
+//! ([`MachineSampler`]: busy, iowait and steal time, CPU pressure, a napping thread's late
+//! wake-ups), since a shared host's slow spells are not the code's.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -183,6 +184,7 @@ fn machine_ticks() -> [u64; 4] {
 /// Firecracker guest does not report as steal) or CPU queueing, not our code.
 struct MachineSampler {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    started: Instant,
     ticks: [u64; 4],
     thread: std::thread::JoinHandle<Vec<Late>>,
     stalled: u64,
@@ -234,12 +236,13 @@ impl MachineSampler {
             }
             late
         });
-        MachineSampler { stop, ticks: machine_ticks(), thread, stalled: cpu_stalled_us() }
+        MachineSampler { stop, started: Instant::now(), ticks: machine_ticks(), thread, stalled: cpu_stalled_us() }
     }
 
     /// Prints the phase's busy, iowait and steal shares (in cores) and the sampler's late
     /// wake-ups; with `SFP_BENCH_SAMPLES` also writes those (`late-wakeups-<phase>.txt`).
-    fn finish(self, phase: &str, wall: f64) {
+    fn finish(self, phase: &str) {
+        let wall = self.started.elapsed().as_secs_f64();
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let late = self.thread.join().unwrap();
         let ticks = machine_ticks();
@@ -389,7 +392,7 @@ async fn main() {
         println!("open loop at {rate} req/s starts at unix time {:.3}", unix_now());
         let (before, at, machine) = (cpu(pid), Instant::now(), MachineSampler::start());
         open_loop(&api, rate).await;
-        machine.finish(&format!("{rate} req/s"), at.elapsed().as_secs_f64());
+        machine.finish(&format!("{rate} req/s"));
         print_cpu(&format!("{rate} req/s"), before, cpu(pid), at.elapsed().as_secs_f64());
         println!("server_rss_under_load {} (peak {})", memory(pid, "VmRSS:"), memory(pid, "VmHWM:"));
     }
@@ -416,7 +419,7 @@ async fn main() {
         total += w.await.unwrap();
     }
     println!("closed_loop_req_per_s {:.0} ({CLIENTS} clients, mixed)", total as f64 / started.elapsed().as_secs_f64());
-    machine.finish("the closed loop", started.elapsed().as_secs_f64());
+    machine.finish("the closed loop");
     print_cpu("the closed loop", before, cpu(pid), started.elapsed().as_secs_f64());
     // How many writes went to PostgreSQL together (group commit, `api/write_batch.rs`).
     let metrics = api.client.get(format!("{base}/metrics")).bearer_auth(&api.token).send().await.unwrap();

@@ -115,13 +115,16 @@ async fn queued_document_writes_keep_versions_history_and_conflicts(pool: PgPool
     assert_eq!(history.last().unwrap(), &(20, json!({"n": 21})));
 }
 
-/// Waits until `n` sessions wait for a lock.
+/// Waits until `n` sessions of this test's database wait for a lock (other tests run in
+/// databases of their own on the same cluster and may hold or wait for locks too).
 async fn wait_for_lock_waiters(pool: &PgPool, n: usize) {
     loop {
-        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
         if waiting as usize >= n {
             return;
         }
