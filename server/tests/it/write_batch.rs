@@ -7,7 +7,7 @@
 
 use futures_util::future::join_all;
 use serde_json::json;
-use sfp_server::api::write_batch::{DocWrite, MAX_BATCH, Upsert, WriteBatches};
+use sfp_server::api::write_batch::{DocWrite, MAX_BATCH, Upsert, WriteBatches, Written};
 use sfp_server::auth::Role;
 use sqlx::PgPool;
 
@@ -132,11 +132,11 @@ async fn wait_for_lock_waiters(pool: &PgPool, n: usize) {
     }
 }
 
-#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
-async fn a_document_created_meanwhile_by_another_write_is_updated_not_refused(pool: PgPool) {
-    let owner = user(&pool, "owner@example.test", Role::Owner).await;
-    let writes = WriteBatches::start(&pool);
-    // Another transaction creates the document and has not committed yet.
+/// Our write of `race/d` (expecting `expected`), sent while another transaction has created
+/// that document and not yet committed; its answer once the other commits.
+async fn write_while_another_creates(pool: &PgPool, expected: Option<i64>) -> Written {
+    let owner = user(pool, "owner@example.test", Role::Owner).await;
+    let writes = WriteBatches::start(pool);
     let mut other = pool.begin().await.unwrap();
     sqlx::query("INSERT INTO app.doc_collection (name) VALUES ('race')").execute(&mut *other).await.unwrap();
     sqlx::query("INSERT INTO app.doc (key, collection, value) VALUES ('race/d', 'race', '{\"by\": \"other\"}')")
@@ -148,18 +148,32 @@ async fn a_document_created_meanwhile_by_another_write_is_updated_not_refused(po
         key: "race/d".into(),
         collection: "race".into(),
         value: json!({"by": "us"}),
-        expected: None,
+        expected,
     };
     let ours = writes.doc.write(write);
     tokio::pin!(ours);
     tokio::select! {
         done = &mut ours => panic!("the write did not wait for the other creation: {:?}", done.map(|w| w.version)),
-        _ = wait_for_lock_waiters(&pool, 1) => {}
+        _ = wait_for_lock_waiters(pool, 1) => {}
     }
     other.commit().await.unwrap();
-    let ours = ours.await.expect("a write with no expected version is not refused when the document appears meanwhile");
+    ours.await.expect("a write is not refused with an error when the document appears meanwhile")
+}
+
+async fn stored(pool: &PgPool) -> (i64, serde_json::Value) {
+    sqlx::query_as("SELECT version, value FROM app.doc WHERE key = 'race/d'").fetch_one(pool).await.unwrap()
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn a_document_created_meanwhile_by_another_write_is_updated_not_refused(pool: PgPool) {
+    let ours = write_while_another_creates(&pool, None).await;
     assert_eq!((ours.created, ours.version, ours.value), (Some(false), Some(2), Some(json!({"by": "us"}))));
-    let stored: (i64, serde_json::Value) =
-        sqlx::query_as("SELECT version, value FROM app.doc WHERE key = 'race/d'").fetch_one(&pool).await.unwrap();
-    assert_eq!(stored, (2, json!({"by": "us"})));
+    assert_eq!(stored(&pool).await, (2, json!({"by": "us"})));
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn a_create_only_write_that_loses_the_race_is_a_conflict_with_the_current_version(pool: PgPool) {
+    let ours = write_while_another_creates(&pool, Some(0)).await;
+    assert_eq!((ours.created, ours.current, ours.version), (None, Some(1), None), "a conflict naming version 1");
+    assert_eq!(stored(&pool).await, (1, json!({"by": "other"})), "the other creation stands");
 }
