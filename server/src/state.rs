@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::api::lock_wait::LockEvents;
 use crate::api::metrics::Metrics;
 use crate::api::write_batch::WriteBatches;
 use crate::auth::AuthState;
@@ -32,6 +33,8 @@ pub struct Services {
     pub writes: WriteBatches,
     /// Connections for the data stores' point reads (`api::paging::read_one`).
     pub reads: sfp_postgres::StatementPool,
+    /// Wakes requests that wait in a lock queue (`sfp server environment lock --wait`).
+    pub lock_events: Arc<LockEvents>,
 }
 
 impl AppState {

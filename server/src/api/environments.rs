@@ -1,8 +1,7 @@
 //! `/sfp/api/environments`: the Salesforce environments of a repository (dev, test,
 //! snapshot, release), each with its linked username, tags, active flag and orchestration
 //! order, and each lockable the way `sfp server environment lock` and flxbl's
-//! `auth-environment-with-lock` action use it: a lock is a ticket on the resource
-//! `environment:{name}` of the repository's lock queue (see `locks`).
+//! `auth-environment-with-lock` action use it (`environment_locks`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -23,15 +22,15 @@ use crate::state::AppState;
 const CATEGORIES: [&str; 4] = ["dev", "test", "snapshot", "release"];
 
 #[derive(sqlx::FromRow)]
-struct Environment {
-    id: Uuid,
-    repository: String,
-    name: String,
+pub(super) struct Environment {
+    pub(super) id: Uuid,
+    pub(super) repository: String,
+    pub(super) name: String,
     description: Option<String>,
     category: String,
-    salesforce_username: Option<String>,
+    pub(super) salesforce_username: Option<String>,
     dev_hub_username: Option<String>,
-    is_active: bool,
+    pub(super) is_active: bool,
     is_default: bool,
     branch: Option<String>,
     tags: Vec<String>,
@@ -44,7 +43,7 @@ struct Environment {
 const COLUMNS: &str = "id, repository, name, description, category, salesforce_username, dev_hub_username, is_active, \
      is_default, branch, tags, metadata, orchestration_order, created_at, updated_at";
 
-fn resource(name: &str) -> String {
+pub(super) fn resource(name: &str) -> String {
     format!("environment:{name}")
 }
 
@@ -269,7 +268,7 @@ pub async fn orchestration_order(
     Ok(Json(Value::Array(order)))
 }
 
-async fn find(tx: &mut sqlx::PgConnection, id: &str) -> ApiResult<Environment> {
+pub(super) async fn find(tx: &mut sqlx::PgConnection, id: &str) -> ApiResult<Environment> {
     let id = Uuid::parse_str(id).map_err(|_| ApiError::bad_request(format!("environment id {id:?} is not a UUID")))?;
     let env: Option<Environment> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM app.environment WHERE id = $1")))
@@ -395,76 +394,4 @@ pub async fn delete(
         .map_err(|e| rls::write_error(e, String::new, writers_only))?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LockRequest {
-    /// Minutes, as `sfp server environment lock --duration` gives them (default 60).
-    #[serde(default)]
-    duration: Option<i64>,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    wait_timeout_seconds: Option<i64>,
-}
-
-/// `POST /sfp/api/environments/{id}/lock`: a ticket on the environment; `status` says
-/// whether it is acquired or queued (poll the ticket, or listen on `sfp_locks`).
-#[utoipa::path(post, path = "/environments/{id}/lock", tag = "environments", security(("bearer" = [])), request_body = Object,
-    params(("id" = String, Path, description = "The environment's id")), responses(
-    (status = 201, description = "The ticket, with environmentId, environmentName, duration and salesforceUsername", body = Object),
-    (status = 404, description = "No such environment", body = ErrorBody),
-))]
-pub async fn lock(
-    State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
-    ApiJson(body): ApiJson<LockRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let minutes = body.duration.unwrap_or(60);
-    let lease = minutes.checked_mul(60).filter(|s| (1..=locks::MAX_LEASE_SECONDS).contains(s)).ok_or_else(|| {
-        ApiError::bad_request(format!("duration must be between 1 and {} minutes", locks::MAX_LEASE_SECONDS / 60))
-    })?;
-    let mut tx = begin_as(&state.pool, &caller).await?;
-    let env = find(&mut tx, &id).await?;
-    if !env.is_active {
-        return Err(ApiError::new(StatusCode::CONFLICT, "inactive", format!("environment {} is not active", env.name)));
-    }
-    let wait = body.wait_timeout_seconds.unwrap_or(lease.max(3600));
-    let ticket =
-        locks::request(&mut tx, &caller, &env.repository, &resource(&env.name), lease, wait, body.reason.as_deref())
-            .await?;
-    tx.commit().await?;
-    let mut answer = ticket_json(&ticket);
-    answer["environmentId"] = json!(env.id);
-    answer["environmentName"] = json!(env.name);
-    answer["duration"] = json!(minutes);
-    answer["salesforceUsername"] = json!(env.salesforce_username);
-    Ok((StatusCode::CREATED, Json(answer)))
-}
-
-/// `DELETE /sfp/api/environments/{id}/lock/{ticket}`: unlock (holder, owner or application).
-#[utoipa::path(delete, path = "/environments/{id}/lock/{ticket}", tag = "environments", security(("bearer" = [])),
-    params(("id" = String, Path, description = "The environment's id"), ("ticket" = String, Path, description = "The ticket id")), responses(
-    (status = 200, description = "The released ticket", body = Object),
-    (status = 403, description = "Neither the holder nor an owner or application", body = ErrorBody),
-    (status = 404, description = "No such environment or ticket", body = ErrorBody),
-))]
-pub async fn unlock(
-    State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    Path((id, ticket)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    let ticket_id =
-        Uuid::parse_str(&ticket).map_err(|_| ApiError::bad_request(format!("ticket {ticket:?} is not a UUID")))?;
-    let mut tx = begin_as(&state.pool, &caller).await?;
-    let env = find(&mut tx, &id).await?;
-    let ticket = locks::read_ticket(&mut tx, ticket_id)
-        .await?
-        .filter(|t| t.repository == env.repository && t.resource == resource(&env.name))
-        .ok_or_else(|| ApiError::not_found(format!("no ticket {ticket_id} on environment {}", env.name)))?;
-    let released = locks::release(&mut tx, &caller, &ticket).await?;
-    tx.commit().await?;
-    Ok(Json(ticket_json(&released)))
 }

@@ -40,6 +40,8 @@ pub struct Ticket {
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub reason: Option<String>,
     pub requested_by: Option<Uuid>,
+    /// The application token that asked for it (none for a signed-in user).
+    pub requested_by_token: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// 0 when acquired or ended; otherwise the place in the queue (1 = next).
@@ -47,7 +49,7 @@ pub struct Ticket {
 }
 
 const TICKET: &str = "t.id, t.repository, t.resource, t.status, t.lease_duration_seconds, t.lease_start, \
-     t.lease_expires_at, t.reason, t.requested_by, t.created_at, t.updated_at, \
+     t.lease_expires_at, t.reason, t.requested_by, t.requested_by_token, t.created_at, t.updated_at, \
      CASE WHEN t.status = 'queued' THEN (SELECT count(*) FROM app.lock_ticket q WHERE q.repository = t.repository \
        AND q.resource = t.resource AND q.status = 'queued' AND (q.created_at, q.id) <= (t.created_at, t.id)) ELSE 0 END \
        AS queue_position";

@@ -2,6 +2,7 @@
 
 mod doc_query;
 mod doc_store;
+mod environment_locks;
 mod environments;
 pub mod error;
 mod gotrue;
@@ -12,6 +13,7 @@ mod integrations;
 pub mod json;
 pub mod key_value;
 mod layers;
+pub mod lock_wait;
 pub mod locks;
 pub mod metrics;
 mod paging;
@@ -73,8 +75,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(environments::list, environments::create))
         .routes(routes!(environments::orchestration_order))
         .routes(routes!(environments::get, environments::update, environments::delete))
-        .routes(routes!(environments::lock))
-        .routes(routes!(environments::unlock))
+        .routes(routes!(environment_locks::lock))
+        .routes(routes!(environment_locks::ticket, environment_locks::unlock))
         .routes(routes!(tasks::list, tasks::submit))
         .routes(routes!(tasks::status))
         .routes(routes!(tasks::result))

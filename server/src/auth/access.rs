@@ -109,6 +109,7 @@ pub const RULES: &[Rule] = &[
     rule("PATCH", "/environments/{id}", Access::Roles(OWNER_OR_APP)),
     rule("DELETE", "/environments/{id}", Access::Roles(OWNER_OR_APP)),
     rule("POST", "/environments/{id}/lock", Access::Roles(ANYONE)),
+    rule("GET", "/environments/{id}/lock/{ticket}", Access::Roles(ANYONE)),
     rule("DELETE", "/environments/{id}/lock/{ticket}", Access::Roles(ANYONE)),
     // Tasks: everyone with a role submits and follows them; a task's creator or an owner
     // cancels it (row-level security decides).

@@ -20,6 +20,7 @@ pub use database::{cluster_options, connect};
 pub use status::{StackStatus, status};
 
 use crate::api;
+use crate::api::lock_wait::LockEvents;
 use crate::api::metrics::Metrics;
 use crate::api::write_batch::WriteBatches;
 use crate::auth::AuthState;
@@ -178,8 +179,18 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     let writes = WriteBatches::start(&db.pool);
     metrics.with_registry(|r| writes.register(r));
     let reads = sfp_postgres::StatementPool::beside(&db.pool, crate::state::READ_CONNECTIONS);
-    let state =
-        AppState::new(Services { pool: db.pool.clone(), metrics, health, auth, tasks, credentials, writes, reads });
+    let lock_events = LockEvents::start(db.pool.clone(), shutdown.clone());
+    let state = AppState::new(Services {
+        pool: db.pool.clone(),
+        metrics,
+        health,
+        auth,
+        tasks,
+        credentials,
+        writes,
+        reads,
+        lock_events,
+    });
     let api_task = tokio::spawn(api::run(config.api.clone(), listener, state, shutdown.clone()));
     say(format!("api: listening on {url}/sfp/api"));
 

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod credentials;
 mod doc_store;
+mod environment_locks;
 mod environments;
 mod identity_cache;
 mod key_value;

@@ -22,7 +22,7 @@ pub struct TestApi {
     pub url: String,
     pub client: reqwest::Client,
     pub pool: PgPool,
-    shutdown: CancellationToken,
+    pub shutdown: CancellationToken,
 }
 
 impl Drop for TestApi {
@@ -86,6 +86,7 @@ impl TestApi {
             credentials,
             writes: WriteBatches::start(&pool),
             reads: sfp_postgres::StatementPool::beside(&pool, sfp_server::state::READ_CONNECTIONS),
+            lock_events: sfp_server::api::lock_wait::LockEvents::start(pool.clone(), shutdown.clone()),
         });
         tokio::spawn(api::run(config, listener, state, shutdown.clone()));
         TestApi { url, client: reqwest::Client::new(), pool, shutdown }

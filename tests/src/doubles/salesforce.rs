@@ -91,6 +91,11 @@ impl Salesforce {
         self.inner.lock().unwrap().orgs.push(org);
     }
 
+    /// Forgets an org: its refresh token is refused from now on (as after a sandbox refresh).
+    pub fn remove_org(&self, username: &str) {
+        self.inner.lock().unwrap().orgs.retain(|o| o.username != username);
+    }
+
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.inner.lock().unwrap().seen.clone()
