@@ -63,7 +63,8 @@ pub struct ApiConfig {
     pub port: u16,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
-    /// Requests taking longer are answered with 408.
+    /// Requests taking longer are answered with 503 `timeout` (a lock request that waits for
+    /// its turn is bounded by its own wait instead).
     pub request_timeout_secs: u64,
 }
 

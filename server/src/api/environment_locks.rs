@@ -13,9 +13,9 @@
 //! environments but do not get credentials). When an acquired ticket's answer has none, it
 //! says why in `authError` `{code, message}`: the lock stands either way.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::environments::{Environment, find, resource};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
+use super::layers::Deadline;
 use super::lock_wait::{Pending, Waited, holds};
 use super::locks::{self, Ticket, ticket_json};
 use super::salesforce::actor;
@@ -88,6 +89,7 @@ impl LockRequest {
 pub async fn lock(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
+    Extension(request_deadline): Extension<Deadline>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<LockRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -104,6 +106,8 @@ pub async fn lock(
     // From here until the answer, a request that ends early withdraws its ticket.
     let mut pending = Pending::new(&state.pool, &caller, ticket);
     if body.wait && pending.ticket().status == "queued" {
+        // The wait is bounded by its own timeout, not by the API's request deadline.
+        request_deadline.lift();
         let deadline = Utc::now() + chrono::Duration::seconds(wait);
         let waited = pending.wait(&state.lock_events, deadline).await?;
         // A waiting request answers with an acquired ticket or an error, never a ticket

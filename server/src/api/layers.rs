@@ -1,6 +1,8 @@
 //! Cross-cutting request handling: request deadlines, JSON error bodies for every error,
 //! panics, unknown routes, and request tracing.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,17 +18,40 @@ pub async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
 }
 
-/// Answers 503 when a request takes longer than its deadline.
-pub async fn deadline(limit: Duration, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            format!("the request took longer than {} s", limit.as_secs()),
-        )
-        .into_response(),
+/// A request's deadline, in its extensions: a handler that waits on purpose, under a bound
+/// of its own (a lock request with `wait`), lifts it.
+#[derive(Clone, Default)]
+pub struct Deadline(Arc<AtomicBool>);
+
+impl Deadline {
+    /// The request may take as long as its handler decides.
+    pub fn lift(&self) {
+        self.0.store(true, Ordering::Release);
     }
+
+    fn lifted(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Answers 503 when a request takes longer than its deadline (unless its handler lifted it).
+pub async fn deadline(limit: Duration, mut request: Request, next: Next) -> Response {
+    let deadline = Deadline::default();
+    request.extensions_mut().insert(deadline.clone());
+    let response = next.run(request);
+    tokio::pin!(response);
+    if let Ok(response) = tokio::time::timeout(limit, &mut response).await {
+        return response;
+    }
+    if deadline.lifted() {
+        return response.await;
+    }
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "timeout",
+        format!("the request took longer than {} s", limit.as_secs()),
+    )
+    .into_response()
 }
 
 /// Gives error answers that did not come from our handlers (405 from the router, 413 from

@@ -31,9 +31,12 @@ struct Setup {
 
 /// The API with a Salesforce stand-in holding the org `uat@acme.test`, registered by the owner.
 async fn setup(pool: PgPool) -> Setup {
+    setup_with(pool, sfp_server::config::Config::default()).await
+}
+
+async fn setup_with(pool: PgPool, mut config: sfp_server::config::Config) -> Setup {
     let org = Org::new("uat@acme.test", true);
     let sf = Salesforce::start(vec![org.clone()]).await;
-    let mut config = sfp_server::config::Config::default();
     config.salesforce.base_url = Some(sf.url.clone());
     let app = TestApi::spawn_full(pool, config).await;
     let owner = app.admin_token().await;
@@ -181,7 +184,10 @@ async fn an_acquired_lock_without_credentials_says_why_and_stays_locked(pool: Pg
 
 #[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
 async fn a_waiting_lock_request_answers_with_credentials_when_its_turn_comes(pool: PgPool) {
-    let s = setup(pool.clone()).await;
+    // Waiting outlives the API's request deadline (1 s here): the wait has its own bound.
+    let mut config = sfp_server::config::Config::default();
+    config.api.request_timeout_secs = 1;
+    let s = setup_with(pool.clone(), config).await;
     let uat = s.environment("uat", Some("uat@acme.test")).await;
     let (_, held) = send(s.lock(&uat, &s.owner, json!({"duration": 10}))).await;
 
@@ -189,7 +195,9 @@ async fn a_waiting_lock_request_answers_with_credentials_when_its_turn_comes(poo
     let waiting = tokio::spawn(send(s.lock(&uat, &s.application, json!({"wait": true, "reason": "deploy"}))));
     let queue = s.queue_reaches("uat", 2).await;
     assert_eq!(queue[1]["status"], "queued");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!waiting.is_finished(), "the request answered while its ticket was queued");
+    assert_eq!(s.queue("uat").await.len(), 2, "the waiting ticket is still queued past the request deadline");
     s.unlock(&uat, &held["ticketId"], &s.owner).await;
     let (status, answer) = waiting.await.unwrap();
     assert_eq!((status, answer["status"].as_str()), (StatusCode::CREATED, Some("acquired")), "{answer}");
