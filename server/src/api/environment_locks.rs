@@ -163,10 +163,7 @@ pub async fn ticket(
     Authenticated(caller): Authenticated,
     Path((id, ticket)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let mut tx = begin_as(&state.pool, &caller).await?;
-    let env = find(&mut tx, &id).await?;
-    locks::settle(&mut tx, &env.repository, &resource(&env.name)).await?;
-    let ticket = environment_ticket(&mut tx, &env, &ticket).await?;
+    let (tx, env, ticket) = open_ticket(&state, &caller, &id, &ticket).await?;
     tx.commit().await?;
     Ok(Json(answer(&state, &caller, &env, &ticket).await))
 }
@@ -183,20 +180,29 @@ pub async fn unlock(
     Authenticated(caller): Authenticated,
     Path((id, ticket)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let mut tx = begin_as(&state.pool, &caller).await?;
-    let env = find(&mut tx, &id).await?;
-    let ticket = environment_ticket(&mut tx, &env, &ticket).await?;
+    let (mut tx, _, ticket) = open_ticket(&state, &caller, &id, &ticket).await?;
     let released = locks::release(&mut tx, &caller, &ticket).await?;
     tx.commit().await?;
     Ok(Json(ticket_json(&released)))
 }
 
-async fn environment_ticket(tx: &mut sqlx::PgConnection, env: &Environment, ticket: &str) -> ApiResult<Ticket> {
-    let id = Uuid::parse_str(ticket).map_err(|_| ApiError::bad_request(format!("ticket {ticket:?} is not a UUID")))?;
-    locks::read_ticket(tx, id)
+/// A transaction as `caller`, the environment `id` and its ticket `ticket` (its queue settled).
+async fn open_ticket(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    ticket: &str,
+) -> ApiResult<(sqlx::Transaction<'static, sqlx::Postgres>, Environment, Ticket)> {
+    let mut tx = begin_as(&state.pool, caller).await?;
+    let env = find(&mut tx, id).await?;
+    let ticket_id =
+        Uuid::parse_str(ticket).map_err(|_| ApiError::bad_request(format!("ticket {ticket:?} is not a UUID")))?;
+    locks::settle(&mut tx, &env.repository, &resource(&env.name)).await?;
+    let ticket = locks::read_ticket(&mut tx, ticket_id)
         .await?
         .filter(|t| t.repository == env.repository && t.resource == resource(&env.name))
-        .ok_or_else(|| ApiError::not_found(format!("no ticket {id} on environment {}", env.name)))
+        .ok_or_else(|| ApiError::not_found(format!("no ticket {ticket_id} on environment {}", env.name)))?;
+    Ok((tx, env, ticket))
 }
 
 /// The ticket as `auth-environment-with-lock` reads it: with the environment, and for the
