@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod example;
 pub mod health;
 pub mod integrations;
+pub mod notifications;
 pub mod pipelines;
 pub mod salesforce;
 pub mod stack;

@@ -25,12 +25,12 @@ use super::environments::{Environment, find, resource};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
 use super::layers::Deadline;
-use super::lock_wait::{Pending, Waited, holds};
+use super::lock_wait::{Pending, Waited};
 use super::locks::{self, Ticket, ticket_json};
 use super::salesforce::actor;
+use crate::auth::Caller;
 use crate::auth::access::Authenticated;
 use crate::auth::rls::begin_as;
-use crate::auth::{Caller, CallerKind, Role};
 use crate::salesforce::OrgError;
 use crate::state::AppState;
 
@@ -213,7 +213,7 @@ async fn answer(state: &AppState, caller: &Caller, env: &Environment, ticket: &T
     answer["environmentName"] = json!(env.name);
     answer["duration"] = json!(ticket.lease_duration_seconds / 60);
     answer["salesforceUsername"] = json!(env.salesforce_username);
-    if ticket.status == "acquired" && holds(caller, ticket) {
+    if ticket.status == "acquired" && ticket.is_held_by(caller) {
         match credentials(state, caller, env).await {
             Ok((access_token, instance_url)) => {
                 answer["accessToken"] = json!(access_token);
@@ -231,8 +231,7 @@ async fn credentials(
     caller: &Caller,
     env: &Environment,
 ) -> Result<(String, String), (&'static str, String)> {
-    let permitted = caller.kind == CallerKind::Application || caller.role == Some(Role::Owner);
-    if !permitted {
+    if !caller.is_owner_or_application() {
         return Err((
             "forbidden",
             "Forbidden - Requires role: owner, application (to get the org's credentials)".into(),

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +24,7 @@ use super::error::{ApiError, ApiResult};
 use super::locks::{self, Ticket};
 use crate::auth::Caller;
 use crate::auth::rls::begin_as;
+use crate::notifications::{self, Heard};
 
 const CHANNEL: &str = "sfp_locks";
 /// How often a waiter looks again without being woken, while the listener hears changes.
@@ -57,36 +57,17 @@ impl LockEvents {
     }
 
     async fn listen(self: Arc<Self>, pool: PgPool) {
-        let mut backoff = Duration::from_millis(200);
-        while !self.shutdown.is_cancelled() {
-            match PgListener::connect_with(&pool).await {
-                Ok(mut listener) => match listener.listen(CHANNEL).await {
-                    Ok(()) => {
-                        self.listening.store(true, Ordering::Release);
-                        // Whatever changed while nobody listened: everyone looks again.
-                        self.changed.notify_waiters();
-                        backoff = Duration::from_millis(200);
-                        loop {
-                            tokio::select! {
-                                _ = self.shutdown.cancelled() => break,
-                                message = listener.try_recv() => match message {
-                                    Ok(Some(_)) => self.changed.notify_waiters(),
-                                    Ok(None) | Err(_) => break,
-                                },
-                            }
-                        }
-                        self.listening.store(false, Ordering::Release);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot listen for lock changes; waiters poll"),
-                },
-                Err(e) => tracing::warn!(error = %e, "cannot listen for lock changes; waiters poll"),
+        let shutdown = self.shutdown.clone();
+        notifications::listen(pool, CHANNEL, "lock changes; waiters poll", shutdown, |heard| match heard {
+            Heard::Listening => {
+                self.listening.store(true, Ordering::Release);
+                // Whatever changed while nobody listened: everyone looks again.
+                self.changed.notify_waiters();
             }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
+            Heard::Notification(_) => self.changed.notify_waiters(),
+            Heard::Deaf => self.listening.store(false, Ordering::Release),
+        })
+        .await
     }
 }
 
@@ -104,8 +85,8 @@ impl Pending {
     }
 
     /// The request answers with the ticket: it is the client's now.
-    pub fn answered(mut self) -> Ticket {
-        self.ticket.take().expect("a pending ticket")
+    pub fn answered(mut self) {
+        self.ticket = None;
     }
 
     /// Withdraws the ticket now (the request answers with an error instead).
@@ -195,17 +176,9 @@ async fn look(
 }
 
 async fn withdraw(pool: &PgPool, caller: &Caller, ticket: &Ticket) -> ApiResult<()> {
+    // `release` leaves a ticket that has ended meanwhile as it is.
     let mut tx = begin_as(pool, caller).await?;
-    let current = locks::read_ticket(&mut tx, ticket.id).await?;
-    if let Some(current) = current.filter(|t| t.status == "queued" || t.status == "acquired") {
-        locks::release(&mut tx, caller, &current).await?;
-    }
+    locks::release(&mut tx, caller, ticket).await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// Whether `caller` is the one who asked for `ticket` (the same user, and the same
-/// application token or none).
-pub fn holds(caller: &Caller, ticket: &Ticket) -> bool {
-    ticket.requested_by == Some(caller.user_id) && ticket.requested_by_token == caller.token_id
 }

@@ -21,9 +21,9 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::ApiJson;
+use crate::auth::Caller;
 use crate::auth::access::Authenticated;
 use crate::auth::rls::begin_as;
-use crate::auth::{Caller, CallerKind, Role};
 use crate::state::AppState;
 
 pub const MAX_LEASE_SECONDS: i64 = 7 * 86_400;
@@ -53,6 +53,14 @@ const TICKET: &str = "t.id, t.repository, t.resource, t.status, t.lease_duration
      CASE WHEN t.status = 'queued' THEN (SELECT count(*) FROM app.lock_ticket q WHERE q.repository = t.repository \
        AND q.resource = t.resource AND q.status = 'queued' AND (q.created_at, q.id) <= (t.created_at, t.id)) ELSE 0 END \
        AS queue_position";
+
+impl Ticket {
+    /// Whether `caller` asked for this ticket (the same user, and the same application
+    /// token or none).
+    pub fn is_held_by(&self, caller: &Caller) -> bool {
+        self.requested_by == Some(caller.user_id) && self.requested_by_token == caller.token_id
+    }
+}
 
 pub fn ticket_json(t: &Ticket) -> Value {
     json!({
@@ -162,8 +170,7 @@ pub async fn request(
 
 /// Releases a ticket (its holder, or an owner or application) and lets the next one acquire.
 pub async fn release(tx: &mut PgConnection, caller: &Caller, ticket: &Ticket) -> ApiResult<Ticket> {
-    let privileged = caller.kind == CallerKind::Application || caller.role == Some(Role::Owner);
-    if ticket.requested_by != Some(caller.user_id) && !privileged {
+    if ticket.requested_by != Some(caller.user_id) && !caller.is_owner_or_application() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -26,10 +26,6 @@ pub fn actor(c: &Caller) -> Actor<'static> {
     }
 }
 
-fn may_read_auth_urls(c: &Caller) -> bool {
-    c.kind == CallerKind::Application || c.role == Some(Role::Owner)
-}
-
 pub fn org_error(e: OrgError) -> ApiError {
     match e {
         OrgError::AuthUrl(e) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_sfdx_auth_url", e.to_string()),
@@ -157,7 +153,7 @@ fn metadata_filter(raw: &str) -> Result<serde_json::Map<String, Value>, ApiError
 }
 
 async fn with_auth_urls(state: &AppState, caller: &Caller, orgs: &mut [SalesforceOrg]) -> ApiResult<()> {
-    if !may_read_auth_urls(caller) {
+    if !caller.is_owner_or_application() {
         return Err(crate::auth::access::forbidden(&[Role::Owner, Role::Application]));
     }
     for org in orgs {

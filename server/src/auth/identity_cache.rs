@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Caller;
+use crate::notifications::{self, Heard};
 
 /// The channel the identity triggers notify.
 pub const CHANNEL: &str = "sfp_identity";
@@ -104,41 +104,28 @@ impl IdentityCache {
         if self.ttl.is_zero() {
             return;
         }
-        let mut backoff = Duration::from_millis(200);
-        while !shutdown.is_cancelled() {
-            match PgListener::connect_with(&pool).await {
-                Ok(mut listener) => match listener.listen(CHANNEL).await {
-                    Ok(()) => {
-                        // Whatever changed while nobody listened is unknown: start empty.
-                        self.clear();
-                        self.listening.store(true, Ordering::Release);
-                        backoff = Duration::from_millis(200);
-                        loop {
-                            tokio::select! {
-                                _ = shutdown.cancelled() => break,
-                                message = listener.try_recv() => match message {
-                                    Ok(Some(n)) => match Uuid::parse_str(n.payload()) {
-                                        Ok(user) => self.forget_user(user),
-                                        Err(_) => self.clear(),
-                                    },
-                                    // The connection was lost (and notifications with it).
-                                    Ok(None) | Err(_) => break,
-                                },
-                            }
-                        }
-                        self.listening.store(false, Ordering::Release);
-                        self.clear();
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot listen for identity changes; not caching identities"),
+        notifications::listen(
+            pool,
+            CHANNEL,
+            "identity changes; not caching identities",
+            shutdown,
+            |heard| match heard {
+                Heard::Listening => {
+                    // Whatever changed while nobody listened is unknown: start empty.
+                    self.clear();
+                    self.listening.store(true, Ordering::Release);
+                }
+                Heard::Notification(payload) => match Uuid::parse_str(payload) {
+                    Ok(user) => self.forget_user(user),
+                    Err(_) => self.clear(),
                 },
-                Err(e) => tracing::warn!(error = %e, "cannot listen for identity changes; not caching identities"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
+                Heard::Deaf => {
+                    self.listening.store(false, Ordering::Release);
+                    self.clear();
+                }
+            },
+        )
+        .await
     }
 }
 

@@ -74,6 +74,14 @@ pub struct Caller {
     pub session_id: Option<Uuid>,
 }
 
+impl Caller {
+    /// An owner or an application token: who may have an org's credentials and release
+    /// someone else's lock (sfp server's role matrix).
+    pub fn is_owner_or_application(&self) -> bool {
+        self.kind == CallerKind::Application || self.role == Some(Role::Owner)
+    }
+}
+
 /// Why a request is not authenticated (401). Messages never contain the credential.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
