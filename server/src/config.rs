@@ -66,6 +66,9 @@ pub struct ApiConfig {
     /// Requests taking longer are answered with 503 `timeout` (a lock request that waits for
     /// its turn is bounded by its own wait instead).
     pub request_timeout_secs: u64,
+    /// How often a lock request waiting for its turn (`"wait": true`) looks at its ticket
+    /// again without being woken by a change; changes wake it at once (`LISTEN sfp_locks`).
+    pub lock_wait_recheck_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,6 +349,7 @@ impl Default for ApiConfig {
             port: 3478,
             body_limit_bytes: 2 * 1024 * 1024,
             request_timeout_secs: 30,
+            lock_wait_recheck_secs: 5,
         }
     }
 }

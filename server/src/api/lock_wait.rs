@@ -27,9 +27,8 @@ use crate::auth::rls::begin_as;
 use crate::notifications::{self, Heard};
 
 const CHANNEL: &str = "sfp_locks";
-/// How often a waiter looks again without being woken, while the listener hears changes.
-const RECHECK: Duration = Duration::from_secs(5);
-/// ... and while it does not (connecting, or reconnecting after a lost connection).
+/// How often a waiter looks again while the listener does not hear changes (connecting, or
+/// reconnecting after a lost connection).
 const RECHECK_DEAF: Duration = Duration::from_millis(500);
 
 /// Ticket changes of the database, as wake-ups for waiting requests.
@@ -37,15 +36,19 @@ pub struct LockEvents {
     changed: Notify,
     listening: AtomicBool,
     shutdown: CancellationToken,
+    /// How often a waiter looks again without being woken, while the listener hears changes.
+    recheck: Duration,
 }
 
 impl LockEvents {
     /// Starts listening (needs a Tokio runtime) until `shutdown`, which also ends every wait.
-    pub fn start(pool: PgPool, shutdown: CancellationToken) -> Arc<LockEvents> {
+    /// Waiters look again every `recheck` even when nothing wakes them.
+    pub fn start(pool: PgPool, shutdown: CancellationToken, recheck: Duration) -> Arc<LockEvents> {
         let events = Arc::new(LockEvents {
             changed: Notify::new(),
             listening: AtomicBool::new(false),
             shutdown: shutdown.clone(),
+            recheck: recheck.max(RECHECK_DEAF),
         });
         tokio::spawn(events.clone().listen(pool));
         events
@@ -110,7 +113,7 @@ impl Pending {
             if now >= deadline {
                 return Ok(Waited::TimedOut);
             }
-            let recheck = if events.listening() { RECHECK } else { RECHECK_DEAF };
+            let recheck = if events.listening() { events.recheck } else { RECHECK_DEAF };
             let mut sleep = (deadline - now).to_std().unwrap_or_default().min(recheck);
             if let Some(due) = lease_due {
                 // A few milliseconds after the lease ends, so that it has ended when we look.

@@ -179,7 +179,8 @@ pub async fn start(config: Config) -> anyhow::Result<()> {
     let writes = WriteBatches::start(&db.pool);
     metrics.with_registry(|r| writes.register(r));
     let reads = sfp_postgres::StatementPool::beside(&db.pool, crate::state::READ_CONNECTIONS);
-    let lock_events = LockEvents::start(db.pool.clone(), shutdown.clone());
+    let recheck = std::time::Duration::from_secs(config.api.lock_wait_recheck_secs);
+    let lock_events = LockEvents::start(db.pool.clone(), shutdown.clone(), recheck);
     let state = AppState::new(Services {
         pool: db.pool.clone(),
         metrics,

@@ -224,6 +224,34 @@ async fn a_waiting_lock_request_answers_with_credentials_when_its_turn_comes(poo
 }
 
 #[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
+async fn a_waiter_on_one_server_is_woken_by_a_release_on_another(pool: PgPool) {
+    // Waiters look again only once an hour here: only the change notification can wake them.
+    let mut config = sfp_server::config::Config::default();
+    config.api.lock_wait_recheck_secs = 3600;
+    let s = setup_with(pool.clone(), config.clone()).await;
+    config.salesforce.base_url = Some(s.sf.url.clone());
+    let other = TestApi::spawn_full(pool.clone(), config).await;
+    let uat = s.environment("uat", Some("uat@acme.test")).await;
+    let (_, held) = send(s.lock(&uat, &s.owner, json!({"duration": 10}))).await;
+    assert_eq!(held["status"], "acquired");
+
+    let path = format!("/sfp/api/environments/{uat}/lock");
+    let wait = other.post(&path).bearer_auth(&s.application).json(&json!({"wait": true, "reason": "deploy"}));
+    let waiting = tokio::spawn(send(wait));
+    let queue = s.queue_reaches("uat", 2).await;
+    assert_eq!(queue[1]["status"], "queued");
+    s.unlock(&uat, &held["ticketId"], &s.owner).await;
+    // A generous bound only against hanging for the hour: the answer comes at the release.
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(120), waiting)
+        .await
+        .expect("the waiter on the other server was never woken by the release")
+        .unwrap();
+    assert_eq!((status, answer["status"].as_str()), (StatusCode::CREATED, Some("acquired")), "{answer}");
+    assert_eq!(answer["ticketId"], queue[1]["ticketId"]);
+    s.assert_granted(&answer["accessToken"]);
+}
+
+#[sqlx::test(migrator = "sfp_postgres::MIGRATOR")]
 async fn a_wait_that_ends_without_an_answer_withdraws_its_ticket(pool: PgPool) {
     let s = setup(pool.clone()).await;
     let uat = s.environment("uat", Some("uat@acme.test")).await;

@@ -1,6 +1,7 @@
 //! The real API on port 0 against a fresh database, with the administrator of a first start.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sfp_server::api::error::ErrorBody;
@@ -86,7 +87,11 @@ impl TestApi {
             credentials,
             writes: WriteBatches::start(&pool),
             reads: sfp_postgres::StatementPool::beside(&pool, sfp_server::state::READ_CONNECTIONS),
-            lock_events: sfp_server::api::lock_wait::LockEvents::start(pool.clone(), shutdown.clone()),
+            lock_events: sfp_server::api::lock_wait::LockEvents::start(
+                pool.clone(),
+                shutdown.clone(),
+                Duration::from_secs(full.api.lock_wait_recheck_secs),
+            ),
         });
         tokio::spawn(api::run(config, listener, state, shutdown.clone()));
         TestApi { url, client: reqwest::Client::new(), pool, shutdown }
