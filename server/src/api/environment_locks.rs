@@ -112,38 +112,27 @@ pub async fn lock(
         let waited = pending.wait(&state.lock_events, deadline).await?;
         // A waiting request answers with an acquired ticket or an error, never a ticket
         // that ended while it waited.
-        match (waited, pending.ticket().status.as_str()) {
-            (Waited::Settled, "acquired") => {}
-            (Waited::Settled, "released") => {
-                pending.withdraw().await?;
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "lock_request_released",
-                    format!(
-                        "the lock request on environment {} was released by someone else while it waited",
-                        env.name
-                    ),
-                ));
-            }
-            (Waited::Settled | Waited::TimedOut, _) => {
-                pending.withdraw().await?;
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "lock_wait_timeout",
-                    format!(
-                        "environment {} was still locked after waiting {wait} s; the request was withdrawn",
-                        env.name
-                    ),
-                ));
-            }
-            (Waited::ShuttingDown, _) => {
-                pending.withdraw().await?;
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the server is stopping; the lock request was withdrawn, retry",
-                ));
-            }
+        let refusal = match (waited, pending.ticket().status.as_str()) {
+            (Waited::Settled, "acquired") => None,
+            (Waited::Settled, "released") => Some(ApiError::new(
+                StatusCode::CONFLICT,
+                "lock_request_released",
+                format!("the lock request on environment {} was released by someone else while it waited", env.name),
+            )),
+            (Waited::Settled | Waited::TimedOut, _) => Some(ApiError::new(
+                StatusCode::CONFLICT,
+                "lock_wait_timeout",
+                format!("environment {} was still locked after waiting {wait} s; the request was withdrawn", env.name),
+            )),
+            (Waited::ShuttingDown, _) => Some(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the server is stopping; the lock request was withdrawn, retry",
+            )),
+        };
+        if let Some(refusal) = refusal {
+            pending.withdraw().await?;
+            return Err(refusal);
         }
     }
     let answer = answer(&state, &caller, &env, pending.ticket()).await;
